@@ -1,0 +1,1 @@
+"""Self-supervised contrastive learning as an approximation of supervised objectives; balanced contrastive loss."""

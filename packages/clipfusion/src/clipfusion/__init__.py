@@ -1,0 +1,1 @@
+"""CLIPFusion: CLIP + Stable Diffusion for zero/few-shot anomaly detection."""

@@ -1,0 +1,1 @@
+"""Guided stop-gradient (GSG) for SimSiam and BYOL."""

@@ -1,0 +1,1 @@
+"""Peri-LN: normalization placement (pre / post / peri) in Transformers."""

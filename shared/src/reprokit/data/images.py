@@ -1,0 +1,116 @@
+"""Image datasets for self-supervised learning.
+
+- ``load_digits()``: the offline default, scikit-learn's bundled 8×8 digits (1,797 images,
+  10 classes), as in-memory tensors with a fixed stratified train/test split;
+- ``torchvision_dataset()``: CIFAR-10/100 and STL-10 from a local root (downloaded when online);
+- ``image_folder()``: ImageNet-style ``root/<class>/*.jpg`` folders.
+
+In-memory tensors suit batched augmentation (``reprokit.data.augment.TensorAugment``), which is
+much faster on a CPU than per-image PIL transforms; folder datasets use per-image transforms
+and ``MultiViewDataset``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from reprokit.errors import ConfigError, DatasetError, require_online
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """Images (N, C, H, W) float in [0, 1] and integer labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise DatasetError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def subset(self, index: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.images[index], self.labels[index])
+
+
+def load_digits(test_fraction: float = 0.3, split_seed: int = 0) -> tuple[TensorSplit, TensorSplit]:
+    """scikit-learn's digits as (train, test); pixel values 0..16 scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    bunch = sk_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=test_fraction, random_state=split_seed,
+        stratify=labels.numpy())
+    return (TensorSplit(images[idx_train], labels[idx_train]),
+            TensorSplit(images[idx_test], labels[idx_test]))
+
+
+TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}
+
+
+def torchvision_dataset(name: str, root: str | os.PathLike, train: bool = True, transform=None,
+                        download: bool = False, stl10_split: str | None = None) -> Dataset:
+    """CIFAR-10/100 or STL-10 under `root`. Missing files: downloaded if `download` and online,
+    otherwise a clear error naming the folder."""
+    import torchvision
+
+    key = name.lower()
+    if key not in TORCHVISION_DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(TORCHVISION_DATASETS)}")
+    if download:
+        require_online(f"downloading {name}", "the bundled digits (--data digits)")
+    cls = getattr(torchvision.datasets, TORCHVISION_DATASETS[key])
+    try:
+        if key == "stl10":
+            split = stl10_split or ("train+unlabeled" if train else "test")
+            return cls(str(root), split=split, transform=transform, download=download)
+        return cls(str(root), train=train, transform=transform, download=download)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+        raise DatasetError(
+            f"{name} not found under {Path(root).resolve()} ({err}); pass --download when "
+            "online, or point --data-root at a folder that holds it") from err
+
+
+def image_folder(root: str | os.PathLike, transform=None) -> Dataset:
+    """``root/<class>/<image>`` folders (ImageNet and its subsets)."""
+    import torchvision
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist")
+    try:
+        return torchvision.datasets.ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as err:
+        raise DatasetError(f"image folder {root} is malformed: {err}") from err
+
+
+class MultiViewDataset(Dataset):
+    """Wraps a (image, label) dataset to return ``([view_1, ..., view_n], label)``."""
+
+    def __init__(self, base: Dataset, transform, n_views: int = 2):
+        if n_views < 1:
+            raise ConfigError("n_views must be at least 1")
+        self.base, self.transform, self.n_views = base, transform, n_views
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return [self.transform(image) for _ in range(self.n_views)], label

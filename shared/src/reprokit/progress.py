@@ -1,0 +1,39 @@
+"""Rich progress bars for long loops, and a Lightning progress bar to match."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    """Bars on a terminal; off in CI and when output goes to a file (logs stay readable)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar (a plain loop when bars are off)."""
+    if not progress_enabled():
+        yield from items
+        return
+    from rich.progress import track as rich_track
+
+    yield from rich_track(items, description=description, total=total, transient=True)
+
+
+def lightning_progress_bar():
+    """Callbacks list for a Lightning Trainer: a rich bar on terminals, none otherwise."""
+    if not progress_enabled():
+        return []
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    return [RichProgressBar(leave=False)]
+
+
+def trainer_progress_kwargs() -> dict:
+    """Keyword arguments for ``lightning.Trainer`` matching `progress_enabled`."""
+    return {"enable_progress_bar": progress_enabled(), "callbacks": lightning_progress_bar()}
