@@ -16,13 +16,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     HOLDS = "holds"
     DOES_NOT_HOLD = "does not hold"
     INCONCLUSIVE = "inconclusive"
@@ -89,7 +89,9 @@ def _num(x: float, digits: int = 3) -> str:
         return str(x)
     if x != 0 and (abs(x) >= 10 ** (digits + 2) or abs(x) < 10 ** -(digits)):
         return f"{x:.{max(digits - 1, 1)}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+    if abs(x) >= 1:  # `digits` significant figures, trailing zeros kept
+        return f"{x:.{max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
+    return f"{x:.{digits}f}"
 
 
 def fmt(x: float, digits: int = 3) -> str:

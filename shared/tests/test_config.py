@@ -1,0 +1,47 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from reprokit.config import load_config, parse_override, save_config
+from reprokit.errors import ConfigError
+
+
+@dataclass
+class Model:
+    n_layer: int = 2
+    norm: str = "rms"
+
+
+@dataclass
+class Experiment:
+    lr: float = 1e-3
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: Model = field(default_factory=Model)
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text("lr: 0.02\nmodel:\n  n_layer: 12\n")
+    cfg = load_config(Experiment, path, ["model.norm=layer", "seeds=[0, 1, 2]"])
+    assert cfg.lr == 0.02
+    assert cfg.model == Model(n_layer=12, norm="layer")
+    assert cfg.seeds == [0, 1, 2]
+    assert load_config(Experiment).model.n_layer == 2
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(Experiment, None, ["lr=0.5"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(Experiment, tmp_path / "c.yaml") == cfg
+
+
+def test_unknown_keys_and_bad_files_are_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  n_layers: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.model: unknown key\(s\) \['n_layers'\]"):
+        load_config(Experiment, path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Experiment, tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")
+    assert parse_override("a.b=3") == ("a.b", 3)
