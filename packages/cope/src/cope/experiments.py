@@ -1,0 +1,138 @@
+"""``cope reproduce``: every method on every problem, one JSONL record per finished problem.
+
+Problems go through in chunks of ``chunk_size``: each method runs its stages over the
+chunk (batched calls), then each problem's record (all methods: answers, votes, plans,
+outputs, tokens, ledger, cost) is appended to ``problems.jsonl`` at once. ``--resume``
+reads that file back and skips the problems already there, and restores each method's
+spend for the budget cap; the report is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from cope.backends import Backend, HFBackend, OpenAIBackend, VLLMBackend
+from cope.cascade import Budget, Engine, ModelConfig, run_method
+from cope.config import CopeConfig
+from cope.server import ServerThread, serve_backend
+from cope.tasks import Problem, load_problems
+from reprokit.errors import ConfigError
+from reprokit.progress import track
+from reprokit.runs import RunDir
+
+log = logging.getLogger("cope")
+PROBLEMS_FILE = "problems.jsonl"
+
+
+def resolve_device(accelerator: str = "auto") -> str:
+    import torch
+
+    if accelerator not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--accelerator must be auto, cpu or cuda, got {accelerator!r}")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator cuda: no CUDA device is available")
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+@dataclass
+class Backends:
+    """The roster's live backends and the loopback servers started for them."""
+
+    backends: dict[str, Backend]
+    servers: list[ServerThread] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # model -> what actually played it
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def build_backends(roster: dict[str, ModelConfig], device: str = "cpu") -> Backends:
+    out = Backends({})
+    for name, m in roster.items():
+        if m.backend == "hf":
+            out.backends[name] = HFBackend(m.model, device=device, max_batch=m.max_batch,
+                                           name=name)
+            out.notes[name] = f"{m.model} via transformers on {device}"
+        elif m.backend == "vllm":
+            out.backends[name] = VLLMBackend(m.model, name=name, **m.engine_kwargs)
+            out.notes[name] = f"{m.model} via vLLM"
+        elif m.backend == "openai":
+            base_url, api_key = m.base_url, os.environ.get(m.api_key_env, "EMPTY")
+            if base_url == "loopback":
+                if not m.serve_model:
+                    raise ConfigError(f"models.{name}: base_url=loopback needs serve_model")
+                local = HFBackend(m.serve_model, device=device, max_batch=m.max_batch,
+                                  name=f"{name}-server")
+                server = serve_backend(local, m.model or name)
+                # uvicorn's logging setup re-enables request logs: keep one line per problem
+                for noisy in ("httpx", "httpx2", "openai", "uvicorn.access"):
+                    logging.getLogger(noisy).setLevel(logging.WARNING)
+                out.servers.append(server)
+                base_url, api_key = server.base_url, "EMPTY"
+                out.notes[name] = (f"{m.serve_model} served on {server.base_url} "
+                                   "(OpenAI-compatible, this process)")
+            else:
+                out.notes[name] = f"{m.model} at {base_url}"
+            if not base_url:
+                raise ConfigError(f"models.{name}: backend openai needs base_url")
+            out.backends[name] = OpenAIBackend(
+                base_url, m.model or name, api_key=api_key, concurrency=m.concurrency,
+                timeout_s=m.timeout_s, max_retries=m.max_retries, supports_n=m.supports_n,
+                name=name)
+        else:
+            raise ConfigError(f"models.{name}.backend: unknown backend {m.backend!r}")
+    return out
+
+
+def finished_problems(run: RunDir) -> dict[tuple[int, str], dict]:
+    return {(r["seed"], r["id"]): r for r in run.read_log(PROBLEMS_FILE)}
+
+
+def run_experiment(cfg: CopeConfig, run: RunDir, backends: dict[str, Backend]) -> dict:
+    """Run every method on every problem not yet in the run; returns counts for the log."""
+    roster = cfg.roster()
+    methods = cfg.method_list()
+    done = finished_problems(run)
+    spent = {m.name: sum(r["methods"].get(m.name, {}).get("cost_usd", 0.0)
+                         for r in done.values()) for m in methods}
+    budgets = {m.name: Budget(cfg.budget_usd, spent[m.name]) for m in methods}
+    new = 0
+    for seed in cfg.seeds:
+        data = cfg.data
+        problems = load_problems(type(data)(**{**data.__dict__, "seed": data.seed + seed}))
+        todo = [p for p in problems if (seed, p.id) not in done]
+        if len(todo) < len(problems):
+            log.info("seed %d: %d of %d problems already done, skipped",
+                     seed, len(problems) - len(todo), len(problems))
+        engine = Engine(roster, backends, seed=seed)
+        chunks = [todo[i:i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
+        for chunk_index, chunk in enumerate(track(chunks, f"seed {seed}: problems")):
+            started = time.perf_counter()
+            calls_before = engine.backend_calls
+            per_method = {m.name: run_method(m, chunk, engine, cfg.prompts, cfg.limits,
+                                             budgets[m.name]) for m in methods}
+            engine.clear()
+            wall = time.perf_counter() - started
+            for p in chunk:
+                run.log(_problem_record(seed, p, per_method, wall / len(chunk)), PROBLEMS_FILE)
+            new += len(chunk)
+            run.log({"seed": seed, "chunk": chunk_index, "problems": len(chunk),
+                     "wall_s": wall, "backend_calls": engine.backend_calls - calls_before})
+            accs = {name: sum(r[p.id]["correct"] for p in chunk) for name, r in per_method.items()}
+            log.info("seed %d chunk %d/%d: %d problems in %.1fs, correct per method %s",
+                     seed, chunk_index + 1, len(chunks), len(chunk), wall, accs)
+    return {"new_problems": new, "skipped": len(done)}
+
+
+def _problem_record(seed: int, problem: Problem, per_method: dict[str, dict],
+                    wall_s: float) -> dict:
+    return {"seed": seed, "id": problem.id, "question": problem.question,
+            "gold": problem.answer, "task_type": problem.task_type,
+            "methods": {name: results[problem.id] for name, results in per_method.items()},
+            "wall_s_share": wall_s}
