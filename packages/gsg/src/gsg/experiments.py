@@ -1,0 +1,192 @@
+"""The three experiments as a list of *arms* (one training run each), run and read back.
+
+An arm is (method, predictor, epochs, batch size, seed); arms shared by two experiments
+(e.g. the sweep's default batch size) run once. Each finished arm writes
+``results/<arm>.json`` atomically, so ``--resume`` skips it; an unfinished arm resumes from
+``checkpoints/<arm>/last.ckpt`` when one was written.
+
+1. main: every method with its predictor for ``train.epochs`` (equal epochs), plus the
+   baselines for 2 × ``train.epochs`` (equal compute: GSG makes 4 views per image, not 2);
+2. collapse: every method without predictor for ``experiments.collapse_epochs``;
+3. sweep: ``sweep_methods`` at each of ``batch_sizes`` for ``sweep_epochs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from gsg.config import GSGConfig
+from gsg.data import Monitor, build_training_data
+from gsg.module import RecordEpoch, SSLModule, parse_method
+from reprokit.progress import track
+from reprokit.runs import RunDir
+from reprokit.runtime import Runtime, seed_everything
+
+log = logging.getLogger("gsg")
+
+
+@dataclass(frozen=True)
+class Arm:
+    method: str
+    predictor: bool
+    epochs: int
+    batch_size: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        pred = "" if self.predictor else "-nopred"
+        return f"{self.method}{pred}-e{self.epochs}-b{self.batch_size}-s{self.seed}"
+
+    @property
+    def n_views(self) -> int:
+        return 4 if parse_method(self.method)[1] else 2
+
+
+def plan(cfg: GSGConfig) -> dict[str, list[Arm]]:
+    """Arms of each experiment (an arm may appear in several)."""
+    e, x = cfg.train, cfg.experiments
+    main = [Arm(m, True, e.epochs, e.batch_size, s) for s in x.seeds for m in x.methods]
+    compute = ([Arm(m, True, 2 * e.epochs, e.batch_size, s) for s in x.seeds for m in x.methods
+                if not parse_method(m)[1]] if x.equal_compute else [])
+    collapse = ([Arm(m, False, x.collapse_epochs, e.batch_size, s) for s in x.collapse_seeds
+                 for m in x.methods] if x.collapse else [])
+    sweep = [Arm(m, True, x.sweep_epochs, b, s) for b in x.batch_sizes for s in x.sweep_seeds
+             for m in x.sweep_methods]
+    return {"main": main, "compute": compute, "collapse": collapse, "sweep": sweep}
+
+
+def unique_arms(groups: dict[str, list[Arm]]) -> list[Arm]:
+    seen: dict[str, Arm] = {}
+    for arms in groups.values():
+        for arm in arms:
+            seen.setdefault(arm.key, arm)
+    return list(seen.values())
+
+
+class AtomicCheckpoint(L.Callback):
+    """``last.ckpt`` every `every` epochs, written to a temporary file and renamed."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+
+    def on_train_epoch_end(self, trainer, module):
+        if self.every and trainer.current_epoch % self.every == self.every - 1:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            trainer.save_checkpoint(tmp)    # collective under DDP; rank 0 writes the file
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*_sampler.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,
+              ckpt_path: Path | None = None, resume: bool = False) -> tuple[SSLModule, dict]:
+    """Train one arm; returns the module and its result record (history + final metrics)."""
+    quiet_lightning()
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size = arm.batch_size
+    seed_everything(arm.seed)
+    data = build_training_data(cfg.data, arm.batch_size, arm.n_views, arm.seed,
+                               runtime.accelerator)
+    monitor = Monitor(data, cfg.eval, workers=min(cfg.data.workers, 4) if data.augment is None else 0)
+    module = SSLModule(cfg, arm.method, arm.predictor, data.in_shape, len(data.loader),
+                       arm.epochs, data.augment, monitor, arm.seed)
+    callbacks: list[L.Callback] = [RecordEpoch()]
+    every = cfg.train.checkpoint_every
+    if ckpt_path is not None and every:
+        callbacks.append(AtomicCheckpoint(ckpt_path, every))
+    trainer = L.Trainer(max_epochs=arm.epochs, accelerator=runtime.accelerator, devices=devices,
+                        precision=runtime.precision, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, callbacks=callbacks)
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    resume_from = ckpt_path if resume and ckpt_path is not None and ckpt_path.is_file() else None
+    trainer.fit(module, data.loader, ckpt_path=resume_from)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    final = monitor(module.net, module.device, linear=True, seed=arm.seed)
+    steps = trainer.global_step
+    result = {
+        "key": arm.key, "method": arm.method, "predictor": arm.predictor,
+        "epochs": arm.epochs, "batch_size": arm.batch_size, "seed": arm.seed,
+        "n_views": arm.n_views, "steps": steps,
+        # forward passes of one image view through the online network: the compute unit
+        "view_passes": steps * arm.batch_size * arm.n_views,
+        "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
+        "images_per_second": steps * arm.batch_size / max(seconds, 1e-9),
+        "resumed_from_checkpoint": resume_from is not None,
+        "nonfinite_step": module.nonfinite_step, "diverged": module.nonfinite_step is not None,
+        "history": module.history, "final": final,
+    }
+    return module, result
+
+
+def run_experiments(cfg: GSGConfig, run: RunDir, runtime: Runtime, devices: int = 1,
+                    resume: bool = False, write: bool = True) -> dict[str, dict]:
+    """Run every arm not already finished in `run`; returns {key: result}.
+
+    ``write=False`` (DDP ranks > 0) trains along but leaves the run folder to rank 0.
+    """
+    groups = plan(cfg)
+    if write:
+        (run.path / "results").mkdir(exist_ok=True)
+        run.write_json("plan.json", {g: [a.key for a in arms] for g, arms in groups.items()})
+    arms = unique_arms(groups)
+    results: dict[str, dict] = {}
+    for arm in track(arms, "gsg arms", total=len(arms)):
+        path = run.path / "results" / f"{arm.key}.json"
+        if path.is_file():
+            results[arm.key] = run.read_json(f"results/{arm.key}.json")
+            print(f"[gsg] {arm.key}: done earlier, read back", flush=True)
+            continue
+        ckpt = run.checkpoints / arm.key / "last.ckpt"
+        _, result = train_arm(cfg, arm, runtime, devices, ckpt, resume=True)
+        if not write:
+            continue
+        run.write_json(f"results/{arm.key}.json", result)
+        run.log({"arm": arm.key, **{k: result[k] for k in ("train_seconds", "diverged")},
+                 **result["final"]})
+        if cfg.scale != "paper":
+            shutil.rmtree(run.checkpoints / arm.key, ignore_errors=True)
+        results[arm.key] = result
+        f = result["final"]
+        print(f"[gsg] {arm.key}: knn {f['knn']:.3f} linear {f['linear']:.3f} "
+              f"z_std {f['z_std']:.3f} z_erank {f['z_erank']:.1f} "
+              f"({result['train_seconds']:.0f}s{', DIVERGED' if result['diverged'] else ''})",
+              flush=True)
+    return results
+
+
+def _restore(value):
+    """RunDir.write_json stores NaN/Inf as strings; turn them back into floats."""
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def load_results(run_path: Path) -> dict[str, dict]:
+    """Every finished arm's result in a run folder, by key."""
+    return {path.stem: _restore(json.loads(path.read_text()))
+            for path in sorted((run_path / "results").glob("*.json"))}
