@@ -53,3 +53,11 @@ def test_json_results_round_trip(tmp_path):
     out = run.read_json("arm.json")
     assert out["loss"][0] == 1.0 and math.isnan(out["loss"][1])
     assert not list(run.path.glob("*.tmp"))
+
+
+def test_read_json_without_reopening_the_run(tmp_path):
+    from reprokit.runs import read_json
+
+    run = RunDir("p", "r", root=tmp_path)
+    run.write_json("a.json", {"x": float("-inf")})
+    assert read_json(run.path / "a.json") == {"x": float("-inf")}

@@ -117,7 +117,7 @@ class RunDir:
         return path
 
     def read_json(self, filename: str) -> Any:
-        return _restore(json.loads((self.path / filename).read_text()))
+        return read_json(self.path / filename)
 
     def log(self, record: dict, filename: str = "metrics.jsonl") -> None:
         """Append one record (flushed at once, so a killed run keeps what it measured)."""
@@ -135,6 +135,11 @@ class RunDir:
 
     def figure_path(self, name: str) -> Path:
         return self.figures / (name if name.endswith(".png") else f"{name}.png")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file written by `RunDir.write_json`, NaN/Inf restored (no RunDir needed)."""
+    return _restore(json.loads(Path(path).read_text()))
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
@@ -159,4 +164,4 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
             fh.write(json.dumps(_finite(record), default=_json_default) + "\n")
 
 
-__all__ = ["RunDir", "default_run_name", "iter_jsonl", "write_jsonl", "to_dict"]
+__all__ = ["RunDir", "default_run_name", "iter_jsonl", "read_json", "write_jsonl", "to_dict"]

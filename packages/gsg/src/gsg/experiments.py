@@ -14,7 +14,6 @@ An arm is (method, predictor, epochs, batch size, seed); arms shared by two expe
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ from gsg.config import GSGConfig
 from gsg.data import Monitor, build_training_data
 from gsg.module import RecordEpoch, SSLModule, parse_method
 from reprokit.progress import track
-from reprokit.runs import RunDir
+from reprokit.runs import RunDir, read_json
 from reprokit.runtime import Runtime, seed_everything
 
 log = logging.getLogger("gsg")
@@ -175,18 +174,7 @@ def run_experiments(cfg: GSGConfig, run: RunDir, runtime: Runtime, devices: int 
     return results
 
 
-def _restore(value):
-    """RunDir.write_json stores NaN/Inf as strings; turn them back into floats."""
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _restore(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_restore(v) for v in value]
-    return value
-
-
 def load_results(run_path: Path) -> dict[str, dict]:
     """Every finished arm's result in a run folder, by key."""
-    return {path.stem: _restore(json.loads(path.read_text()))
+    return {path.stem: read_json(path)
             for path in sorted((run_path / "results").glob("*.json"))}
