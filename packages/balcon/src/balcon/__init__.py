@@ -1,1 +1,2 @@
-"""Self-supervised contrastive learning as an approximation of supervised objectives; balanced contrastive loss."""
+"""balcon: self-supervised contrastive learning as an approximation of supervised
+objectives; the balanced contrastive loss and the prototype representation bias."""
