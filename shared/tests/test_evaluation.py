@@ -6,6 +6,7 @@ from reprokit.backbones import build_backbone
 from reprokit.evaluation import (
     effective_rank,
     extract_features,
+    extract_loader_features,
     knn_accuracy,
     knn_predict,
     linear_probe_accuracy,
@@ -61,3 +62,32 @@ def test_extract_features_restores_mode():
     net.train()
     feats = extract_features(net, torch.rand(10, 1, 8, 8), batch_size=4)
     assert feats.shape == (10, dim) and net.training
+
+
+def test_extract_loader_features_match_the_in_memory_path():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net, dim = build_backbone("digits_mlp", hidden=32)
+    net.train()
+    images, labels = torch.rand(10, 1, 8, 8), torch.arange(10) % 3
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4)  # batches of 4, 4, 2
+    feats, ys = extract_loader_features(net, loader)
+    assert net.training  # training mode restored
+    assert feats.shape == (10, dim) and feats.dtype == torch.float32
+    assert torch.equal(ys, labels)  # labels in loader order
+    assert torch.allclose(feats, extract_features(net, images, batch_size=4), atol=1e-6)
+    # eval mode inside: dropout-free and deterministic, the same features twice
+    assert torch.equal(extract_loader_features(net, loader)[0], feats)
+
+
+def test_extract_loader_features_by_hand():
+    from torch import nn
+
+    double = nn.Linear(2, 1, bias=False)
+    double.weight.data = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    batches = [(torch.tensor([[1.0, 1.0]], dtype=torch.float64), [7]),
+               (torch.tensor([[0.0, 3.0], [2.0, 0.0]], dtype=torch.float64), [8, 9])]
+    feats, ys = extract_loader_features(double, batches)
+    assert feats.dtype == torch.float32  # float features, whatever the model's dtype
+    assert feats.flatten().tolist() == [3.0, 6.0, 2.0]
+    assert ys.tolist() == [7, 8, 9]

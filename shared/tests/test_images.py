@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from reprokit.data.augment import TensorAugment, digits_augment
-from reprokit.data.images import MultiViewDataset, image_folder, load_digits, torchvision_dataset
+from reprokit.data.images import (
+    MultiViewDataset,
+    TensorBatches,
+    image_folder,
+    load_digits,
+    torchvision_dataset,
+)
 from reprokit.errors import ConfigError, DatasetError, OfflineError
 
 
@@ -63,3 +69,75 @@ def test_multiview_dataset():
     base = [(torch.zeros(1, 2, 2), 3)]
     views, label = MultiViewDataset(base, lambda im: im + 1, n_views=4)[0]
     assert label == 3 and len(views) == 4 and torch.equal(views[0], torch.ones(1, 2, 2))
+
+
+def _index_images(n: int) -> torch.Tensor:
+    """Image i is the constant i: a batch's values are its indices."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
+
+
+def _indices(batch: torch.Tensor) -> list[int]:
+    return batch[:, 0, 0, 0].long().tolist()
+
+
+def test_tensor_batches_epochs_cover_every_index_once():
+    batches = TensorBatches(_index_images(10), batch_size=3, seed=0)
+    assert len(batches) == 3  # 10 // 3: the incomplete last batch is dropped
+    epochs = [[_indices(b) for b in batches] for _ in range(3)]
+    for epoch in epochs:
+        assert len(epoch) == 3 and all(len(b) == 3 for b in epoch)
+        seen = [i for b in epoch for i in b]
+        assert len(set(seen)) == 9 and set(seen) <= set(range(10))  # each index at most once
+    assert epochs[0] != epochs[1]  # a fresh shuffle per epoch
+    # the same seed replays the same epochs (a repeated or resumed run), another seed does not
+    again = TensorBatches(_index_images(10), batch_size=3, seed=0)
+    assert [[_indices(b) for b in again] for _ in range(3)] == epochs
+    other = TensorBatches(_index_images(10), batch_size=3, seed=1)
+    assert [_indices(b) for b in other] != epochs[0]
+    # an exact multiple: every index exactly once per epoch
+    exact = TensorBatches(_index_images(8), batch_size=4, seed=3)
+    for _ in range(2):
+        assert sorted(i for b in exact for i in _indices(b)) == list(range(8))
+
+
+def test_tensor_batches_epoch_stream_is_pinned():
+    # epoch k uses permutation k + 1 of the seeded generator (one is drawn at construction)
+    gen = torch.Generator().manual_seed(5)
+    perms = [torch.randperm(12, generator=gen) for _ in range(3)]
+    batches = TensorBatches(_index_images(12), batch_size=4, seed=5)
+    for perm in perms[1:]:
+        assert [_indices(b) for b in batches] == [perm[i:i + 4].tolist() for i in (0, 4, 8)]
+
+
+def test_tensor_batches_infinite_stream_restarts_from_the_seed():
+    images, labels = _index_images(7), torch.arange(7) * 10
+    batches = TensorBatches(images, batch_size=3, seed=2, labels=labels, infinite=True)
+    with pytest.raises(TypeError):
+        len(batches)
+    stream = iter(batches)
+    first = [next(stream) for _ in range(6)]  # three passes of 7 // 3 = 2 batches
+    for x, y in first:
+        assert torch.equal(y, torch.tensor(_indices(x)) * 10)  # labels follow their images
+    gen = torch.Generator().manual_seed(2)
+    expected = []
+    for _ in range(3):
+        perm = torch.randperm(7, generator=gen).tolist()
+        expected += [perm[0:3], perm[3:6]]
+    assert [_indices(x) for x, _ in first] == expected
+    # every iter() starts the same stream again
+    restart = iter(batches)
+    assert [_indices(next(restart)[0]) for _ in range(6)] == expected
+
+
+def test_tensor_batches_in_a_dataloader_and_errors():
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(TensorBatches(_index_images(9), batch_size=3, seed=0), batch_size=None)
+    assert len(loader) == 3
+    batches = list(loader)
+    assert [b.shape for b in batches] == [(3, 1, 2, 2)] * 3
+    assert sorted(i for b in batches for i in _indices(b)) == list(range(9))
+    with pytest.raises(DatasetError, match="exceeds"):
+        TensorBatches(_index_images(4), batch_size=5, seed=0)
+    with pytest.raises(DatasetError, match="differ"):
+        TensorBatches(_index_images(4), batch_size=2, seed=0, labels=torch.arange(3))

@@ -63,3 +63,19 @@ def test_report_puts_computed_claims_first(tmp_path):
 def test_markdown_table_escapes_pipes():
     table = markdown_table(["a", "b"], [["x|y", 1]])
     assert table.splitlines()[2] == "| x\\|y | 1 |"
+
+
+def test_min_n_needs_that_many_finite_values_a_side():
+    # one seed a side clears the margin: holds by default, inconclusive with min_n=2
+    assert compare([2.0], [1.0]) == Verdict.HOLDS
+    assert compare([2.0], [1.0], min_n=2) == Verdict.INCONCLUSIVE
+    # non-finite seeds do not count towards min_n
+    assert compare([1.9, 2.0, 2.1], [1.0, float("nan")], min_n=2) == Verdict.INCONCLUSIVE
+    assert compare([1.9, 2.0, 2.1], [0.9, 1.0, 1.1], min_n=2) == Verdict.HOLDS
+    assert compare([0.9, 1.0, 1.1], [1.9, 2.0, 2.1], min_n=3) == Verdict.DOES_NOT_HOLD
+    assert compare([1.9, 2.1], [0.9, 1.0, 1.1], min_n=3) == Verdict.INCONCLUSIVE
+    # threshold: only `a` counts (the threshold is a single number)
+    assert threshold([5.0], 1.0) == Verdict.HOLDS
+    assert threshold([5.0], 1.0, min_n=2) == Verdict.INCONCLUSIVE
+    assert threshold([5.0, 5.1, 4.9], 1.0, min_n=3) == Verdict.HOLDS
+    assert threshold([0.5, 0.6, 0.4], 1.0, min_n=2) == Verdict.DOES_NOT_HOLD

@@ -1,5 +1,9 @@
 """Representation evaluators shared by the self-supervised packages.
 
+- ``extract_features``: a model's features of in-memory images (eval mode, no grad, batched);
+  ``extract_loader_features``: its twin for a DataLoader of (image, label) batches (folder and
+  torchvision datasets with per-image transforms), returning (features, labels). Both restore
+  the model's training mode and return float features on the CPU.
 - ``knn_accuracy``: weighted kNN (Wu et al., 2018), the standard SSL monitor: cosine
   similarity on L2-normalised features, the k nearest training features vote for their
   class with weight exp(sim / T).
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,23 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
            for i in range(0, images.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def extract_loader_features(model: nn.Module, loader: Iterable,
+                            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` in eval mode over every (images, labels) batch of `loader` (the DataLoader
+    twin of ``extract_features``); returns (features float on the CPU, labels), in loader order."""
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        for images, y in loader:
+            feats.append(model(images.to(device, non_blocking=True)).float().cpu())
+            labels.append(torch.as_tensor(y))
+    finally:
+        model.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()

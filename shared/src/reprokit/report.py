@@ -8,6 +8,10 @@ and the rule is printed next to it. The rules here compare two groups of per-see
   ``margin`` by more than that, *inconclusive* in between (with one seed a side, the
   standard error is unknown and any difference that clears the margin counts).
 - ``threshold(a, t)``: the same test of mean(a) against a fixed number.
+
+Both take ``min_n`` (default 1): with fewer than ``min_n`` finite values on a side (for
+``threshold``, in `a`), the verdict is *inconclusive*. ``min_n=2`` asks for a measured seed
+spread on both sides instead of letting a single seed per side decide.
 """
 
 from __future__ import annotations
@@ -99,10 +103,13 @@ def fmt(x: float, digits: int = 3) -> str:
     return _num(float(x), digits)
 
 
-def compare(a: Sequence[float], b: Sequence[float], margin: float = 0.0, z: float = 2.0) -> Verdict:
-    """Is mean(a) − mean(b) > margin, beyond seed noise? (See the module docstring.)"""
+def compare(a: Sequence[float], b: Sequence[float], margin: float = 0.0, z: float = 2.0,
+            min_n: int = 1) -> Verdict:
+    """Is mean(a) − mean(b) > margin, beyond seed noise? Inconclusive when either side has
+    fewer than `min_n` (at least 1) finite values. (See the module docstring.)"""
     sa, sb = summarize(a), summarize(b)
-    if not sa.n_finite or not sb.n_finite:
+    need = max(1, min_n)
+    if sa.n_finite < need or sb.n_finite < need:
         return Verdict.INCONCLUSIVE
     diff = sa.mean - sb.mean - margin
     noise = z * math.sqrt(sa.sem**2 + sb.sem**2)
@@ -113,8 +120,11 @@ def compare(a: Sequence[float], b: Sequence[float], margin: float = 0.0, z: floa
     return Verdict.INCONCLUSIVE
 
 
-def threshold(a: Sequence[float], t: float, z: float = 2.0) -> Verdict:
-    """Is mean(a) > t, beyond seed noise?"""
+def threshold(a: Sequence[float], t: float, z: float = 2.0, min_n: int = 1) -> Verdict:
+    """Is mean(a) > t, beyond seed noise? Inconclusive when `a` has fewer than `min_n`
+    finite values."""
+    if summarize(a).n_finite < min_n:
+        return Verdict.INCONCLUSIVE
     return compare(a, [t], margin=0.0, z=z)
 
 

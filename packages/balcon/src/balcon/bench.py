@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from balcon.config import TrainConfig
-from balcon.data import TensorBatches
 from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule
 from reprokit.data.augment import TensorAugment, digits_augment
+from reprokit.data.images import TensorBatches
 from reprokit.errors import ConfigError
 from reprokit.runtime import setup
 
@@ -46,8 +46,8 @@ def _sync(device) -> None:
 def plain_step_loop(net, images, augment, batch_size, steps, warmup, device, temperature=0.5):
     """The reference: a minimal SimCLR step in plain PyTorch."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    batches = iter(TensorBatches(images, torch.zeros(len(images), dtype=torch.long),
-                                 batch_size, 0))
+    batches = iter(TensorBatches(images, batch_size, 0,
+                                 labels=torch.zeros(len(images), dtype=torch.long), infinite=True))
     n2 = 2 * batch_size
     targets = torch.arange(n2, device=device).roll(batch_size)
     eye = torch.eye(n2, dtype=torch.bool, device=device)
@@ -91,7 +91,8 @@ def ours_loop(net, images, augment, batch_size, steps, warmup, runtime):
                         enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[timer], limit_val_batches=0, num_sanity_val_steps=0)
     loader = torch.utils.data.DataLoader(
-        TensorBatches(images, torch.zeros(len(images), dtype=torch.long), batch_size, 0),
+        TensorBatches(images, batch_size, 0, labels=torch.zeros(len(images), dtype=torch.long),
+                      infinite=True),
         batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return steps * batch_size / (timer.end - timer.start)

@@ -116,26 +116,6 @@ def dataset_targets(dataset: Dataset) -> torch.Tensor:
 # ---------------------------------------------------------------- training/evaluation data
 
 
-class TensorBatches(torch.utils.data.IterableDataset):
-    """Shuffled mini-batches of in-memory images, one tensor slice per batch (no per-image
-    collation); loops forever, the trainer stops at ``max_steps``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
-        if batch_size > images.shape[0]:
-            raise ConfigError(f"batch_size {batch_size} exceeds the {images.shape[0]} "
-                              "training images")
-        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed)
-        n = self.images.shape[0]
-        while True:
-            perm = torch.randperm(n, generator=gen)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
-                idx = perm[start:start + self.batch_size]
-                yield self.images[idx], self.labels[idx]
-
-
 class DigitsData:
     """scikit-learn digits, balanced or long-tailed training set, balanced test set."""
 
@@ -154,8 +134,12 @@ class DigitsData:
         return class_counts(self.train.labels, self.num_classes)
 
     def train_loader(self, batch_size: int, seed: int, num_workers: int = 0):
+        from reprokit.data.images import TensorBatches
+
+        # endless shuffled (images, labels) batches: the trainer stops at max_steps
         return torch.utils.data.DataLoader(
-            TensorBatches(self.train.images, self.train.labels, batch_size, seed),
+            TensorBatches(self.train.images, batch_size, seed, labels=self.train.labels,
+                          infinite=True),
             batch_size=None)
 
     def augment(self, strength: float):
@@ -245,6 +229,7 @@ class NaturalImageData:
     @torch.no_grad()
     def features(self, encoder, split: str, device, max_images: int = 0):
         from reprokit.data.augment import eval_transform
+        from reprokit.evaluation import extract_loader_features
 
         base = self.train_base if split == "train" else self.test_base
         if max_images and max_images < len(base):
@@ -252,13 +237,14 @@ class NaturalImageData:
         transform = eval_transform(self.image_size, self.mean, self.std,
                                    resize=None if self.name.startswith("cifar")
                                    else round(self.image_size * 256 / 224))  # 224 → 256
-        return _loader_features(encoder, self._loader(_Transformed(base, transform), 256, False),
-                                device)
+        return extract_loader_features(
+            encoder, self._loader(_Transformed(base, transform), 256, False), device)
 
     @torch.no_grad()
     def view_features(self, encoder, strength: float, m_max: int, device, seed: int,
                       max_images: int = 0):
         from reprokit.data.augment import natural_image_views
+        from reprokit.evaluation import extract_loader_features
 
         base = self.test_base
         if max_images and max_images < len(base):
@@ -267,8 +253,8 @@ class NaturalImageData:
         torch.manual_seed(seed)
         feats, labels = [], None
         for _ in range(m_max):
-            f, labels = _loader_features(encoder, self._loader(_Transformed(base, views), 256,
-                                                               False), device)
+            f, labels = extract_loader_features(
+                encoder, self._loader(_Transformed(base, views), 256, False), device)
             feats.append(f)
         return torch.stack(feats), labels
 
@@ -283,20 +269,6 @@ class _Transformed(Dataset):
     def __getitem__(self, i: int):
         image, label = self.base[i]
         return self.transform(image), label
-
-
-@torch.no_grad()
-def _loader_features(encoder, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every (image, label) batch of a loader (the folder-data twin of
-    ``reprokit.evaluation.extract_features``)."""
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for images, y in loader:
-        feats.append(encoder(images.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(y))
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
 
 
 def build_data(cfg, long_tailed: bool):

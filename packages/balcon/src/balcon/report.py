@@ -29,6 +29,7 @@ from reprokit.report import (
 from reprokit.runs import RunDir
 
 COLLAPSE_FRACTION = 0.2   # collapsed: embedding std < 0.2 · (1/√d), the healthy level
+MIN_SEEDS = 2             # seed comparisons need a spread on both sides: one seed has none
 
 
 def _cell(results, **match) -> list[dict]:
@@ -48,14 +49,6 @@ def _rel_floor(r: dict, strength: str) -> float:
     """Relative bias extrapolated to M → ∞ (see balcon.bias.relative_floor)."""
     b = r.get("bias", {}).get(strength)
     return relative_floor(b["views"], b["bias"], b["relative_bias"]) if b else float("nan")
-
-
-def compare_seeds(a, b) -> Verdict:
-    """reprokit's compare (mean(a) − mean(b) > 2 standard errors), but inconclusive unless
-    both sides have at least two finite seeds: one seed has no spread to compare against."""
-    if summarize(a).n_finite < 2 or summarize(b).n_finite < 2:
-        return Verdict.INCONCLUSIVE
-    return compare(a, b)
 
 
 def spearman_rule(x, y) -> tuple[Verdict, float, float]:
@@ -237,15 +230,16 @@ def write_report(run: RunDir) -> Path:
                 claim,
                 f"({best[0]:g}, {best[1]:g}): {summarize(a_vals).format()} vs InfoNCE "
                 f"{summarize(b_vals).format()}",
-                "compare(balanced, InfoNCE): mean difference > 2 standard errors, ≥ 2 seeds a side "
-                "(fresh seeds; setting chosen on the grid seeds)",
-                compare_seeds(a_vals, b_vals), ["figures/longtail.png"]))
+                "compare(balanced, InfoNCE): mean difference > 2 standard errors, "
+                f"≥ {MIN_SEEDS} seeds a side (fresh seeds; setting chosen on the grid seeds)",
+                compare(a_vals, b_vals, min_n=MIN_SEEDS), ["figures/longtail.png"]))
             rep.add_claim(Claim(
                 f"… and in kNN accuracy {what}",
                 f"({best[0]:g}, {best[1]:g}): {summarize(ka).format()} vs InfoNCE "
                 f"{summarize(kb).format()}",
-                "compare(balanced, InfoNCE) > 2 standard errors, ≥ 2 seeds a side (fresh seeds)",
-                compare_seeds(ka, kb), ["figures/longtail.png"]))
+                f"compare(balanced, InfoNCE) > 2 standard errors, ≥ {MIN_SEEDS} seeds a side "
+                "(fresh seeds)",
+                compare(ka, kb, min_n=MIN_SEEDS), ["figures/longtail.png"]))
     elif have_grid:
         rep.add_claim(Claim("A balanced weighting beats InfoNCE", "experiment 2 not run",
                             "needs experiment 2 (fresh seeds)", Verdict.INCONCLUSIVE))
@@ -256,7 +250,8 @@ def write_report(run: RunDir) -> Path:
         limit = COLLAPSE_FRACTION / math.sqrt(d)
         stds = _values(zero, "embedding_std")
         collapse = compare([limit], stds)
-        worse = compare_seeds(_values(info, "linear_acc"), _values(zero, "linear_acc"))
+        worse = compare(_values(info, "linear_acc"), _values(zero, "linear_acc"),
+                        min_n=MIN_SEEDS)
         rep.add_claim(Claim(
             "Without the repelling term (λ → 0) the representation collapses",
             f"λ = 0 (all α): embedding std {summarize(stds).format(4)} (healthy 1/√d = "
@@ -264,20 +259,21 @@ def write_report(run: RunDir) -> Path:
             f"{summarize(_values(zero, 'linear_acc')).format()}"
             f" vs InfoNCE {summarize(_values(info, 'linear_acc')).format()}",
             f"all_of(embedding std < {COLLAPSE_FRACTION}/√d beyond 2 s.e., InfoNCE linear probe > "
-            "λ = 0 beyond 2 s.e.)",
+            f"λ = 0 beyond 2 s.e. with ≥ {MIN_SEEDS} seeds a side)",
             all_of(collapse, worse), ["figures/grid_heatmap.png"]))
     if have_bias:
         parts, texts = [], []
         for s in meas:
             first = [_rel_bias(r, s, 0) for r in default_enc]
             last = [_rel_bias(r, s, -1) for r in default_enc]
-            parts.append(compare_seeds(first, last))
+            parts.append(compare(first, last, min_n=MIN_SEEDS))
             texts.append(f"strength {s}: {summarize(first).format()} → {summarize(last).format()}")
         rep.add_claim(Claim(
             "The prototype representation bias falls as the number of augmentations M grows",
             f"relative bias M = {views[0]} → {views[-1]} (InfoNCE encoders): " + "; ".join(texts),
             f"all_of over measurement strengths: compare(bias(M={views[0]}), "
-            f"bias(M={views[-1]})) > 2 s.e.", all_of(*parts), ["figures/bias.png"]))
+            f"bias(M={views[-1]})) > 2 s.e., ≥ {MIN_SEEDS} seeds a side", all_of(*parts),
+            ["figures/bias.png"]))
         lo, hi = meas[0], meas[-1]
         at_lo = [_rel_floor(r, lo) for r in default_enc]
         at_hi = [_rel_floor(r, hi) for r in default_enc]
@@ -286,8 +282,9 @@ def write_report(run: RunDir) -> Path:
             "to the class prototype",
             f"relative bias at M → ∞ (InfoNCE encoders): measured at strength {lo} "
             f"{summarize(at_lo).format()}, at strength {hi} {summarize(at_hi).format()}",
-            f"compare(bias at strength {lo}, bias at strength {hi}) > 2 s.e.",
-            compare_seeds(at_lo, at_hi), ["figures/bias.png"]))
+            f"compare(bias at strength {lo}, bias at strength {hi}) > 2 s.e., "
+            f"≥ {MIN_SEEDS} seeds a side",
+            compare(at_lo, at_hi, min_n=MIN_SEEDS), ["figures/bias.png"]))
         # Two views of the same question: across every healthy encoder of the grid's training
         # set (losses, strengths, seeds differ), and across the InfoNCE strength sweep only
         # (the augmentation is the one thing that changes).

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gsg.config import GSGConfig
-from gsg.data import IndexBatches, corrupted_digits, digits_views
+from gsg.data import corrupted_digits, digits_views
 from gsg.experiments import quiet_lightning
 from gsg.model import SiameseNet
 from gsg.module import SSLModule
 from reprokit.data.augment import TensorAugment
+from reprokit.data.images import TensorBatches
 from reprokit.runtime import setup
 
 
@@ -62,7 +63,7 @@ def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 20,
     # ---- Lightning module inside trainer.fit
     module = SSLModule(cfg, method, True, in_shape, total, 1, augment, monitor=None)
     stamps = _Stamps()
-    loader = DataLoader(IndexBatches(images, batch, 0), batch_size=None)
+    loader = DataLoader(TensorBatches(images, batch, 0), batch_size=None)
     trainer = L.Trainer(max_steps=total, max_epochs=-1, accelerator=runtime.accelerator,
                         devices=1, precision=runtime.precision, logger=False,
                         enable_checkpointing=False, enable_model_summary=False,

@@ -1,8 +1,10 @@
 """Training data and the representation monitors.
 
 - digits (offline default): scikit-learn's 8×8 digits pasted at a fixed random position of a
-  ``canvas``×``canvas`` image, kept in memory; views are made batched, inside the training
-  step (``reprokit.data.augment.TensorAugment``: shifts, small rotations, noise, erasing).
+  ``canvas``×``canvas`` image, kept in memory and served a whole shuffled batch per item
+  (``reprokit.data.images.TensorBatches``, one epoch per pass); views are made batched, inside
+  the training step (``reprokit.data.augment.TensorAugment``: shifts, small rotations, noise,
+  erasing).
 - CIFAR-10/100 and ImageFolder: per-image SimSiam/MoCo-v2 views (``natural_image_views``)
   through ``MultiViewDataset`` and a DataLoader with workers and pinned memory.
 """
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from gsg.config import DataConfig, EvalConfig
 from reprokit.data.augment import (
@@ -25,13 +27,21 @@ from reprokit.data.augment import (
 )
 from reprokit.data.images import (
     MultiViewDataset,
+    TensorBatches,
     TensorSplit,
     image_folder,
     load_digits,
     torchvision_dataset,
 )
 from reprokit.errors import DatasetError
-from reprokit.evaluation import effective_rank, knn_accuracy, linear_probe_accuracy, normalized_std
+from reprokit.evaluation import (
+    effective_rank,
+    extract_features,
+    extract_loader_features,
+    knn_accuracy,
+    linear_probe_accuracy,
+    normalized_std,
+)
 
 
 def paste_on_canvas(images: torch.Tensor, canvas: int, generator: torch.Generator) -> torch.Tensor:
@@ -68,26 +78,6 @@ def digits_views(cfg: DataConfig) -> TensorAugment:
     """Shifts, small rotations, noise and erasing; no flips (a flipped 2 is not a 2)."""
     return TensorAugment(max_shift=cfg.max_shift, max_rotation=15.0, noise_std=cfg.augment_noise,
                          erase_prob=0.5, erase_max_area=0.25, strength=cfg.augment_strength)
-
-
-class IndexBatches(Dataset):
-    """In-memory images served a whole batch per item (no per-image collate on the CPU)."""
-
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int):
-        if batch_size > images.shape[0]:
-            raise DatasetError(f"batch size {batch_size} exceeds the {images.shape[0]} "
-                               "training images")
-        self.images, self.batch_size = images, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(images.shape[0], generator=self.generator)
-
-    def __len__(self) -> int:
-        return self.images.shape[0] // self.batch_size  # drop_last: GSG needs full batches
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if i == 0:  # a fresh shuffle per epoch, reproducible from the seed
-            self.order = torch.randperm(self.images.shape[0], generator=self.generator)
-        return self.images[self.order[i * self.batch_size:(i + 1) * self.batch_size]]
 
 
 @dataclass
@@ -127,7 +117,7 @@ def build_training_data(cfg: DataConfig, batch_size: int, n_views: int, seed: in
                         accelerator: str = "cpu") -> TrainingData:
     if cfg.name == "digits":
         train, test = corrupted_digits(cfg)
-        loader = DataLoader(IndexBatches(train.images, batch_size, seed), batch_size=None,
+        loader = DataLoader(TensorBatches(train.images, batch_size, seed), batch_size=None,
                             shuffle=False, num_workers=0)
         return TrainingData(loader, digits_views(cfg), tuple(train.images.shape[1:]), train, test)
     train_set, eval_train, eval_test = natural_datasets(cfg, n_views)
@@ -144,19 +134,12 @@ def build_training_data(cfg: DataConfig, batch_size: int, n_views: int, seed: in
 # ---------------------------------------------------------------- monitors
 
 
-@torch.no_grad()
 def _features(fn, data, device, batch_size: int = 512, workers: int = 0):
     """(features, labels) of `fn` over a TensorSplit or an (image, label) dataset."""
     if isinstance(data, TensorSplit):
-        batches = ((data.images[i:i + batch_size], data.labels[i:i + batch_size])
-                   for i in range(0, len(data), batch_size))
-    else:
-        batches = DataLoader(data, batch_size=batch_size, num_workers=workers)
-    feats, labels = [], []
-    for x, y in batches:
-        feats.append(fn(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+        return extract_features(fn, data.images, batch_size, device), data.labels
+    return extract_loader_features(fn, DataLoader(data, batch_size=batch_size,
+                                                  num_workers=workers), device)
 
 
 class Monitor:

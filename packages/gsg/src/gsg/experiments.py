@@ -94,6 +94,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*_sampler.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # the in-memory digits loader (reprokit TensorBatches) is an IterableDataset with a length
+    warnings.filterwarnings("ignore", message=".*IterableDataset.* has `__len__` defined.*")
 
 
 def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,

@@ -6,8 +6,10 @@
 - ``image_folder()``: ImageNet-style ``root/<class>/*.jpg`` folders.
 
 In-memory tensors suit batched augmentation (``reprokit.data.augment.TensorAugment``), which is
-much faster on a CPU than per-image PIL transforms; folder datasets use per-image transforms
-and ``MultiViewDataset``.
+much faster on a CPU than per-image PIL transforms; ``TensorBatches`` serves them to a
+``DataLoader(..., batch_size=None)`` a whole shuffled batch per item (no per-image collation),
+either one epoch per iteration (trainers that count epochs) or as an endless stream (trainers
+that stop at ``max_steps``). Folder datasets use per-image transforms and ``MultiViewDataset``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from reprokit.errors import ConfigError, DatasetError, require_online
 
@@ -114,3 +116,60 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, i: int):
         image, label = self.base[i]
         return [self.transform(image) for _ in range(self.n_views)], label
+
+
+class TensorBatches(IterableDataset):
+    """Shuffled whole batches of in-memory tensors, one tensor slice per item.
+
+    Items are ``images[idx]``, or ``(images[idx], labels[idx])`` when `labels` are given; use
+    ``DataLoader(batches, batch_size=None)``. Each pass over the data is a fresh permutation cut
+    into ``len(images) // batch_size`` full batches (the incomplete last batch is dropped).
+    Everything follows from `seed`, so a repeated run, or a resumed one (which builds a new
+    object), replays the same batches:
+
+    - ``infinite=False`` (epochs): every ``iter()`` is one epoch, reshuffled; ``len()`` is the
+      number of batches, so a trainer can count epochs (``max_epochs``). The shuffles come
+      from one generator seeded at construction, which draws an initial order there and a new
+      one at the start of each epoch (so epoch 1 uses its second permutation).
+    - ``infinite=True`` (steps): ``iter()`` yields passes without end, each reshuffled, and
+      restarts from the seed every time it is called; there is no ``len()``, the trainer stops
+      at ``max_steps``.
+
+    Not sharded across processes: under DDP every rank draws the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int,
+                 labels: torch.Tensor | None = None, infinite: bool = False):
+        n = images.shape[0]
+        if batch_size > n:
+            raise DatasetError(f"batch size {batch_size} exceeds the {n} training images")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if labels is not None and labels.shape[0] != n:
+            raise DatasetError("images and labels differ in length")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.seed, self.infinite = seed, infinite
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.generator)
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite TensorBatches has no length")
+        return self.images.shape[0] // self.batch_size
+
+    def _batches(self, order: torch.Tensor):
+        b = self.batch_size
+        for start in range(0, order.shape[0] - b + 1, b):
+            idx = order[start:start + b]
+            yield self.images[idx] if self.labels is None else (self.images[idx],
+                                                                self.labels[idx])
+
+    def __iter__(self):
+        n = self.images.shape[0]
+        if not self.infinite:
+            self.order = torch.randperm(n, generator=self.generator)
+            yield from self._batches(self.order)
+            return
+        gen = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from self._batches(torch.randperm(n, generator=gen))
