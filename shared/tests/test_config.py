@@ -45,3 +45,12 @@ def test_unknown_keys_and_bad_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("lr")
     assert parse_override("a.b=3") == ("a.b", 3)
+
+
+def test_packaged_scale_configs(tmp_path):
+    from reprokit.config import scale_config_path
+
+    path = scale_config_path("reprokit", "cpu")
+    assert path.parts[-2:] == ("configs", "cpu.yaml")
+    with pytest.raises(ConfigError, match="--scale must be one of smoke, cpu, paper"):
+        scale_config_path("reprokit", "huge")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +80,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         return _build(cls, data, where)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+SCALES = ("smoke", "cpu", "paper")
+
+
+def scale_config_path(package: str, scale: str) -> Path:
+    """The config a package ships for `scale`: ``<package>/configs/<scale>.yaml``."""
+    if scale not in SCALES:
+        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    return Path(str(resources.files(package) / "configs" / f"{scale}.yaml"))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from reprokit.config import load_config
+from reprokit.config import load_config, scale_config_path
 from reprokit.errors import ConfigError
 
-SCALES = ("smoke", "cpu", "paper")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt")
 
 
@@ -117,9 +115,7 @@ class BalconConfig:
 
 
 def config_path(scale: str) -> Path:
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {SCALES}, got {scale!r}")
-    return Path(str(resources.files("balcon") / "configs" / f"{scale}.yaml"))
+    return scale_config_path("balcon", scale)
 
 
 def load(scale: str, overrides: list[str] = ()) -> BalconConfig:

@@ -6,13 +6,10 @@ Defaults that the paper's text does not pin down are documented next to each fie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from reprokit.config import load_config
+from reprokit.config import SCALES, load_config, scale_config_path
 from reprokit.errors import ConfigError
-
-SCALES = ("smoke", "cpu", "paper")
 
 
 @dataclass
@@ -141,9 +138,7 @@ class Config:
 
 
 def config_path(scale: str) -> Path:
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {SCALES}, got {scale!r}")
-    return Path(str(resources.files("clipfusion") / "configs" / f"{scale}.yaml"))
+    return scale_config_path("clipfusion", scale)
 
 
 def load(scale: str, overrides: list[str] = ()) -> Config:

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from cope.cascade import Limits, MethodConfig, ModelConfig, parse_method
 from cope.tasks import DataConfig, PromptConfig
-from reprokit.config import load_config
+from reprokit.config import load_config, scale_config_path
 from reprokit.errors import ConfigError
-
-SCALES = ("smoke", "cpu", "paper")
 
 
 @dataclass
@@ -79,9 +77,7 @@ class CopeConfig:
 
 
 def config_path(scale: str) -> Path:
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    return Path(__file__).parent / "configs" / f"{scale}.yaml"
+    return scale_config_path("cope", scale)
 
 
 def load(scale: str, overrides: list[str] = ()) -> CopeConfig:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from reprokit.config import load_config, to_dict  # noqa: F401 (re-exported)
+from reprokit.config import SCALES, load_config, scale_config_path, to_dict  # noqa: F401 (re-exported)
 from reprokit.errors import ConfigError
 
-SCALES = ("smoke", "cpu", "paper")
 METHODS = ("simsiam", "simsiam_gsg", "byol", "byol_gsg")
 
 
@@ -121,9 +119,7 @@ class GSGConfig:
 
 
 def config_path(scale: str) -> Path:
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {SCALES}, got {scale!r}")
-    return Path(str(resources.files("gsg") / "configs" / f"{scale}.yaml"))
+    return scale_config_path("gsg", scale)
 
 
 def load(scale: str, overrides: list[str] = ()) -> GSGConfig:

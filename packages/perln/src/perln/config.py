@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from perln.model import PLACEMENTS, ModelConfig
-from reprokit.config import load_config
+from reprokit.config import SCALES, load_config, scale_config_path  # noqa: F401 (SCALES re-exported)
 from reprokit.errors import ConfigError
-
-SCALES = ("smoke", "cpu", "paper")
 
 
 @dataclass
@@ -108,9 +105,7 @@ class PerlnConfig:
 
 
 def config_path(scale: str) -> Path:
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {SCALES}, got {scale!r}")
-    return Path(str(resources.files("perln") / "configs" / f"{scale}.yaml"))
+    return scale_config_path("perln", scale)
 
 
 def load(scale: str, overrides: list[str] = ()) -> PerlnConfig:
