@@ -37,3 +37,17 @@ def lightning_progress_bar():
 def trainer_progress_kwargs() -> dict:
     """Keyword arguments for ``lightning.Trainer`` matching `progress_enabled`."""
     return {"enable_progress_bar": progress_enabled(), "callbacks": lightning_progress_bar()}
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer banners ("GPU available...", tips) and the data-loader
+    hints that do not apply to in-memory data: a sweep builds one Trainer per arm, and the
+    banners would bury the one line per finished arm that the packages print."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in (".*does not have many workers.*", ".*_sampler.*", ".*LeafSpec.*",
+                    ".*IterableDataset.* has `__len__` defined.*"):
+        warnings.filterwarnings("ignore", message=message)

@@ -33,7 +33,7 @@ from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule
 from reprokit.evaluation import effective_rank, knn_accuracy, linear_probe_accuracy, normalized_std
-from reprokit.progress import track, trainer_progress_kwargs
+from reprokit.progress import quiet_lightning, track, trainer_progress_kwargs
 from reprokit.runs import RunDir
 from reprokit.runtime import Runtime, seed_everything
 
@@ -119,6 +119,7 @@ def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int 
     loss = BalancedContrastiveLoss(arm.alpha, arm.lam, cfg.train.temperature,
                                    arm.include_positive)
     module = SimCLRModule(net, loss, cfg.train, data.augment(arm.strength))
+    quiet_lightning()
     progress = trainer_progress_kwargs()
     callbacks = list(progress.pop("callbacks"))
     ckpt_path = None

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader
 
 from gsg.config import GSGConfig
 from gsg.data import corrupted_digits, digits_views
-from gsg.experiments import quiet_lightning
 from gsg.model import SiameseNet
 from gsg.module import SSLModule
 from reprokit.data.augment import TensorAugment
 from reprokit.data.images import TensorBatches
+from reprokit.progress import quiet_lightning
 from reprokit.runtime import setup
 
 

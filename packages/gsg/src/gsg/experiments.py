@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import lightning as L
 from gsg.config import GSGConfig
 from gsg.data import Monitor, build_training_data
 from gsg.module import RecordEpoch, SSLModule, parse_method
-from reprokit.progress import track
+from reprokit.progress import quiet_lightning, track
 from reprokit.runs import RunDir, read_json
 from reprokit.runtime import Runtime, seed_everything
 
@@ -86,16 +85,6 @@ class AtomicCheckpoint(L.Callback):
             trainer.save_checkpoint(tmp)    # collective under DDP; rank 0 writes the file
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)
-
-
-def quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*_sampler.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # the in-memory digits loader (reprokit TensorBatches) is an IterableDataset with a length
-    warnings.filterwarnings("ignore", message=".*IterableDataset.* has `__len__` defined.*")
 
 
 def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,

@@ -26,6 +26,7 @@ from perln.module import PeriodicCheckpoint, PerlnModule
 from perln.probes import count_spikes
 from reprokit.data.text import TokenStream
 from reprokit.progress import progress_enabled, track, trainer_progress_kwargs
+from reprokit.progress import quiet_lightning as reprokit_quiet_lightning
 from reprokit.runs import RunDir
 from reprokit.runtime import available_cpus, select_accelerator, setup
 
@@ -55,9 +56,7 @@ def result_path(run_path: Path, arm: Arm) -> Path:
 
 
 def quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    reprokit_quiet_lightning()
     warnings.filterwarnings("ignore", ".*IterableDataset.*")
     warnings.filterwarnings("ignore", ".*when resuming from a mid-epoch checkpoint.*")
     warnings.filterwarnings("ignore", ".*on_train_batch_start.*")
