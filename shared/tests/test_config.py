@@ -54,3 +54,13 @@ def test_packaged_scale_configs(tmp_path):
     assert path.parts[-2:] == ("configs", "cpu.yaml")
     with pytest.raises(ConfigError, match="--scale must be one of smoke, cpu, paper"):
         scale_config_path("reprokit", "huge")
+
+
+def test_parse_seeds():
+    from reprokit.config import parse_seeds
+
+    assert parse_seeds("0,1, 2") == [0, 1, 2]
+    with pytest.raises(ConfigError, match="--seeds must be comma-separated integers"):
+        parse_seeds("0,a")
+    with pytest.raises(ConfigError, match="at least one seed"):
+        parse_seeds(",")

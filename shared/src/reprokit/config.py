@@ -85,6 +85,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 SCALES = ("smoke", "cpu", "paper")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]``, with an error that names the option."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from err
+    if not seeds:
+        raise ConfigError(f"--seeds must name at least one seed, got {text!r}")
+    return seeds
+
+
 def scale_config_path(package: str, scale: str) -> Path:
     """The config a package ships for `scale`: ``<package>/configs/<scale>.yaml``."""
     if scale not in SCALES:

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from reprokit.config import parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
 
 EXAMPLES = """examples:
@@ -17,13 +18,6 @@ EXAMPLES = """examples:
   balcon reproduce --scale paper --set data.root=/data/cifar --accelerator cuda
   balcon bench --backbone digits_cnn --batch-size 256
 """
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +65,7 @@ def reproduce(args) -> int:
 
     overrides = list(args.overrides)
     if args.seeds:
-        overrides.append(f"seeds={_seeds(args.seeds)}")
+        overrides.append(f"seeds={parse_seeds(args.seeds)}")
     if args.devices < 1:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     cfg = load(args.scale, overrides)

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from reprokit.config import parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
 from reprokit.runs import RunDir, default_run_name
 
@@ -109,12 +110,7 @@ def reproduce(args: argparse.Namespace) -> Path:
 
     overrides = list(args.overrides)
     if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError as err:
-            raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") \
-                from err
-        overrides.append(f"seeds={seeds}")
+        overrides.append(f"seeds={parse_seeds(args.seeds)}")
     cfg = load(args.scale, overrides)
     device = resolve_device(args.accelerator)
     load_problems(cfg.data)  # a bad data option fails here, before any model loads

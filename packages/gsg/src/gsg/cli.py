@@ -9,6 +9,7 @@ import sys
 import time
 
 from gsg.config import SCALES
+from reprokit.config import parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
 
 DESCRIPTION = """Reproduce "Implicit Contrastive Representation Learning with Guided
@@ -19,13 +20,6 @@ Stop-gradient" (Lee & Lee, NeurIPS 2023): GSG for SimSiam and BYOL.
   gsg reproduce --scale paper   CIFAR-10, ResNet-18 (CIFAR stem), 200 epochs, batch 512 (GPU)
   gsg bench                     training-step throughput against a plain-PyTorch SimSiam step
 """
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +71,7 @@ def reproduce(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides)
     if args.seeds is not None:
-        overrides.append(f"experiments.seeds={_seeds(args.seeds)}")
+        overrides.append(f"experiments.seeds={parse_seeds(args.seeds)}")
     cfg = config.load(args.scale, overrides)
     if args.devices > 1 and args.run_name is None:
         raise ConfigError("--devices > 1 needs an explicit --run-name (every DDP rank opens it)")

@@ -12,19 +12,12 @@ from dataclasses import replace
 
 from perln import config as config_mod
 from perln.config import PerlnConfig
-from reprokit.config import load_config
+from reprokit.config import load_config, parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
 from reprokit.runs import RunDir, default_run_name
 from reprokit.runtime import setup
 
 log = logging.getLogger("perln")
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from err
 
 
 def _devices(text: str):
@@ -38,7 +31,7 @@ def reproduce(args: argparse.Namespace) -> None:
 
     overrides = list(args.set or [])
     if args.seeds:
-        overrides.append(f"sweep.seeds={_seeds(args.seeds)}")
+        overrides.append(f"sweep.seeds={parse_seeds(args.seeds)}")
     # Lightning's DDP launcher re-runs this command for ranks 1..N-1: they must join the run
     # that rank 0 created, not start their own.
     child = os.environ.get("PERLN_RUN_NAME") and int(os.environ.get("LOCAL_RANK", "0")) > 0

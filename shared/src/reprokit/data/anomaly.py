@@ -119,8 +119,16 @@ class _AnomalyDataset(Dataset):
     records: list[dict]
     category: str
 
-    def __init__(self, image_size: int | Sequence[int] | None):
+    def __init__(self, root: str | os.PathLike, category: str, split: str,
+                 image_size: int | Sequence[int] | None):
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        self.root = Path(root)
+        self.category = category
+        self.split = split
         self.size = _resolve_size(image_size)
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset root {self.root} does not exist")
 
     def _check_record(self, rec: dict) -> None:
         image_wh = _size_of(rec["path"])
@@ -163,14 +171,7 @@ class MVTecDataset(_AnomalyDataset):
 
     def __init__(self, root: str | os.PathLike, category: str, split: str = "train",
                  image_size: int | Sequence[int] | None = None):
-        super().__init__(image_size)
-        if split not in ("train", "test"):
-            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
-        self.category = category
-        self.split = split
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset root {self.root} does not exist")
+        super().__init__(root, category, split, image_size)
         present = sorted(p.name for p in self.root.iterdir()
                          if p.is_dir() and (p / "train").is_dir())
         cat_dir = self.root / category
@@ -215,14 +216,7 @@ class VisADataset(_AnomalyDataset):
     def __init__(self, root: str | os.PathLike, category: str, split: str = "train",
                  split_csv: str | os.PathLike | None = None,
                  image_size: int | Sequence[int] | None = None):
-        super().__init__(image_size)
-        if split not in ("train", "test"):
-            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
-        self.category = category
-        self.split = split
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset root {self.root} does not exist")
+        super().__init__(root, category, split, image_size)
         csv_path = Path(split_csv) if split_csv is not None else (
             self.root / "split_csv" / "1cls.csv")
         if not csv_path.is_file():
