@@ -1,17 +1,28 @@
 """Figures, seed summaries, computed verdicts and ``report.md``.
 
-A claim's verdict is never typed: it is the output of a rule applied to measured values,
-and the rule is printed next to it. The rules here compare two groups of per-seed values:
+A claim's verdict is never typed: it is the output of a statistical test applied to
+measured per-seed (or per-problem) values, and the test is printed next to it.
 
-- ``compare(a, b)``: *holds* when mean(a) − mean(b) exceeds ``margin`` by more than
-  ``z`` standard errors of the difference, *does not hold* when it falls short of
-  ``margin`` by more than that, *inconclusive* in between (with one seed a side, the
-  standard error is unknown and any difference that clears the margin counts).
-- ``threshold(a, t)``: the same test of mean(a) against a fixed number.
+- ``compare(a, b)``: is mean(a) − mean(b) > ``margin``? Welch's t-test for independent
+  groups, or, with ``paired=True``, a paired t-test on the per-seed differences (use it
+  whenever the two arms share a seed's initial weights or data order: the shared part of
+  the noise cancels). The verdict is read off the two-sided ``confidence`` interval of the
+  difference minus the margin: *holds* when its lower end is above 0, *does not hold* when
+  its upper end is below 0, *inconclusive* otherwise, or when either side has fewer than
+  ``min_n`` (default 3, at least 2) finite values. t quantiles come from ``scipy.stats``.
+- ``threshold(a, t)``: the one-sample version against a fixed number (``above=False``
+  asks whether mean(a) < t).
+- ``all_of(*parts)``: holds when every part holds, does not hold when any part does not;
+  ``correction="holm"`` first widens each part's interval by Holm's step-down rule so the
+  whole claim keeps the family-wise confidence.
+- ``signal_gate(learned, floor)``: a claim that compares methods is only decided when the
+  baseline is measurably above a floor (a random encoder, a uniform guess, the small
+  model alone); otherwise it is *inconclusive* with the reason "no signal".
 
-Both take ``min_n`` (default 1): with fewer than ``min_n`` finite values on a side (for
-``threshold``, in `a`), the verdict is *inconclusive*. ``min_n=2`` asks for a measured seed
-spread on both sides instead of letting a single seed per side decide.
+Each test returns an object that carries its verdict, the estimate and its interval:
+``Claim`` renders them in the report ("Δ = +0.021 [−0.004, +0.046] (95% CI, paired, n=5)")
+and appends the test to the rule, so a reader sees the effect size and its uncertainty,
+not only a word.
 """
 
 from __future__ import annotations
@@ -103,38 +114,321 @@ def fmt(x: float, digits: int = 3) -> str:
     return _num(float(x), digits)
 
 
-def compare(a: Sequence[float], b: Sequence[float], margin: float = 0.0, z: float = 2.0,
-            min_n: int = 1) -> Verdict:
-    """Is mean(a) − mean(b) > margin, beyond seed noise? Inconclusive when either side has
-    fewer than `min_n` (at least 1) finite values. (See the module docstring.)"""
-    sa, sb = summarize(a), summarize(b)
-    need = max(1, min_n)
-    if sa.n_finite < need or sb.n_finite < need:
-        return Verdict.INCONCLUSIVE
-    diff = sa.mean - sb.mean - margin
-    noise = z * math.sqrt(sa.sem**2 + sb.sem**2)
-    if diff > noise:
+# ---------------------------------------------------------------- statistical verdicts
+
+CONFIDENCE = 0.95
+MIN_N = 3
+
+
+def _signed(x: float, digits: int) -> str:
+    text = _num(x, digits)
+    return text if text.startswith("-") or not math.isfinite(x) else "+" + text
+
+
+class Decision:
+    """What a claim's verdict can be built from: a test, a combination, or a gated one.
+
+    ``verdict`` is the outcome, ``lines()`` the measured estimates (with intervals) that
+    decided it, ``rule_text()`` the test in words.
+    """
+
+    verdict: Verdict
+
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def rule_text(self) -> str:
+        raise NotImplementedError
+
+    def __bool__(self) -> bool:
+        raise TypeError("a Decision is not a truth value: use .verdict == Verdict.HOLDS")
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison(Decision):
+    """One t-test: ``estimate`` = mean(a) − mean(b) (or mean(a) − t), its two-sided
+    interval [``low``, ``high``] at ``confidence``, and the verdict read off it."""
+
+    verdict: Verdict
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+    kind: str  # "Welch", "paired" or "one-sample"
+    n: tuple[int, ...]  # finite values per side (pairs for a paired test)
+    margin: float
+    confidence: float
+    min_n: int
+    label: str
+    reason: str = ""
+    above: bool = True
+    data: tuple[tuple[float, ...], tuple[float, ...] | float] = field(default=((), 0.0), repr=False)
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width: roughly the smallest difference this noise decides."""
+        return (self.high - self.low) / 2
+
+    def at(self, confidence: float) -> Comparison:
+        """The same test at another confidence level (Holm's correction uses it)."""
+        a, b = self.data
+        if self.kind == "one-sample":
+            return threshold(a, b, above=self.above, confidence=confidence, min_n=self.min_n,
+                             label=self.label)
+        return compare(a, b, paired=self.kind == "paired", margin=self.margin,
+                       confidence=confidence, min_n=self.min_n, label=self.label)
+
+    def describe(self, digits: int = 3) -> str:
+        """``Δ = +0.021 [−0.004, +0.046] (95% CI, paired, n=5)``."""
+        head = f"{self.label}: " if self.label else ""
+        sym = "Δ" if self.kind != "one-sample" else f"mean − {_num(float(self.data[1]), digits)}"
+        if self.reason:
+            return f"{head}{sym} = {_signed(self.estimate, digits)} ({self.reason})"
+        ns = "n=" + "/".join(str(k) for k in self.n)
+        level = f"{100 * self.confidence:g}% CI"
+        return (f"{head}{sym} = {_signed(self.estimate, digits)} "
+                f"[{_signed(self.low, digits)}, {_signed(self.high, digits)}] "
+                f"({level}, {self.kind}, {ns})")
+
+    def lines(self) -> list[str]:
+        return [self.describe()]
+
+    def rule_text(self) -> str:
+        level = f"{100 * self.confidence:g}%"
+        if self.kind == "one-sample":
+            side = ">" if self.above else "<"
+            return (f"one-sample t-test, mean {side} {_num(float(self.data[1]))}: decided by the "
+                    f"{level} CI, n ≥ {self.min_n}")
+        test = "paired t-test over seeds" if self.kind == "paired" else "Welch t-test"
+        m = f" − {_num(self.margin)}" if self.margin else ""
+        return f"{test}: {level} CI of Δ{m} above / below 0, n ≥ {self.min_n} a side"
+
+
+def _finite(values) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values], dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _no_spread(x: np.ndarray) -> bool:
+    """All values equal up to rounding (t-tests are undefined there)."""
+    return bool(np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())))
+
+
+def _decide(low: float, high: float) -> Verdict:
+    if low > 0:
         return Verdict.HOLDS
-    if diff < -noise:
+    if high < 0:
         return Verdict.DOES_NOT_HOLD
     return Verdict.INCONCLUSIVE
 
 
-def threshold(a: Sequence[float], t: float, z: float = 2.0, min_n: int = 1) -> Verdict:
-    """Is mean(a) > t, beyond seed noise? Inconclusive when `a` has fewer than `min_n`
-    finite values."""
-    if summarize(a).n_finite < min_n:
+def _check_args(confidence: float, min_n: int) -> None:
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    if min_n < 2:
+        raise ValueError(f"min_n must be at least 2 (one value has no spread), got {min_n}")
+
+
+def compare(a: Sequence[float], b: Sequence[float], *, paired: bool = False,
+            margin: float = 0.0, confidence: float = CONFIDENCE, min_n: int = MIN_N,
+            label: str = "") -> Comparison:
+    """Is mean(a) − mean(b) > margin beyond seed noise? (See the module docstring.)
+
+    With ``paired=True`` `a` and `b` are aligned by seed; a pair with a non-finite value on
+    either side is dropped.
+    """
+    from scipy import stats
+
+    _check_args(confidence, min_n)
+    a_t, b_t = tuple(float(v) for v in a), tuple(float(v) for v in b)
+    kw = dict(margin=margin, confidence=confidence, min_n=min_n, label=label,
+              data=(a_t, b_t))
+    if paired:
+        if len(a_t) != len(b_t):
+            raise ValueError(f"a paired comparison needs one value per seed on each side, "
+                             f"got {len(a_t)} and {len(b_t)}")
+        both = np.isfinite(a_t) & np.isfinite(b_t)
+        diff = np.asarray(a_t)[both] - np.asarray(b_t)[both]
+        n = (int(diff.size),)
+        est = float(diff.mean()) if diff.size else float("nan")
+        if diff.size < min_n:
+            return Comparison(Verdict.INCONCLUSIVE, est, math.nan, math.nan, math.nan,
+                              "paired", n, reason=f"{diff.size} finite pairs < {min_n}", **kw)
+        if _no_spread(diff):  # the interval is the point itself
+            low = high = est
+            p = 0.0 if est != margin else 1.0
+        else:
+            res = stats.ttest_rel(diff, np.zeros_like(diff))
+            low, high = (float(x) for x in res.confidence_interval(confidence))
+            p = float(res.pvalue)
+        kind = "paired"
+    else:
+        xa, xb = _finite(a_t), _finite(b_t)
+        n = (int(xa.size), int(xb.size))
+        est = float(xa.mean() - xb.mean()) if xa.size and xb.size else float("nan")
+        if min(n) < min_n:
+            return Comparison(Verdict.INCONCLUSIVE, est, math.nan, math.nan, math.nan,
+                              "Welch", n, reason=f"n={n[0]}/{n[1]}, fewer than {min_n} a side",
+                              **kw)
+        if _no_spread(xa) and _no_spread(xb):
+            low = high = est
+            p = 0.0 if est != margin else 1.0
+        else:
+            res = stats.ttest_ind(xa, xb, equal_var=False)
+            low, high = (float(x) for x in res.confidence_interval(confidence))
+            p = float(res.pvalue)
+        kind = "Welch"
+    return Comparison(_decide(low - margin, high - margin), est, low, high, p, kind, n, **kw)
+
+
+def threshold(a: Sequence[float], t: float, *, above: bool = True,
+              confidence: float = CONFIDENCE, min_n: int = MIN_N,
+              label: str = "") -> Comparison:
+    """Is mean(a) > t (``above=False``: < t) beyond seed noise? A one-sample t-test."""
+    from scipy import stats
+
+    _check_args(confidence, min_n)
+    a_t = tuple(float(v) for v in a)
+    x = _finite(a_t) - float(t)
+    est = float(x.mean()) if x.size else float("nan")
+    kw = dict(margin=0.0, confidence=confidence, min_n=min_n, label=label, above=above,
+              data=(a_t, float(t)))
+    if x.size < min_n:
+        return Comparison(Verdict.INCONCLUSIVE, est, math.nan, math.nan, math.nan,
+                          "one-sample", (int(x.size),),
+                          reason=f"{x.size} finite values < {min_n}", **kw)
+    if _no_spread(x):
+        low = high = est
+        p = 0.0 if est != 0 else 1.0
+    else:
+        res = stats.ttest_1samp(x, 0.0)
+        low, high = (float(v) for v in res.confidence_interval(confidence))
+        p = float(res.pvalue)
+    verdict = _decide(low, high) if above else _decide(-high, -low)
+    return Comparison(verdict, est, low, high, p, "one-sample", (int(x.size),), **kw)
+
+
+def _as_decision(part: Decision | Verdict) -> Decision:
+    return part if isinstance(part, Decision) else Fixed(Verdict(part))
+
+
+@dataclass(frozen=True, eq=False)
+class Fixed(Decision):
+    """A verdict with no test behind it; only *inconclusive* is allowed (missing data)."""
+
+    verdict: Verdict
+    reason: str = "no data"
+
+    def __post_init__(self):
+        if self.verdict != Verdict.INCONCLUSIVE:
+            raise ValueError("a decided verdict must come from a test (compare/threshold), "
+                             f"not be given as {self.verdict!r}")
+
+    def lines(self) -> list[str]:
+        return [self.reason]
+
+    def rule_text(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True, eq=False)
+class AllOf(Decision):
+    """Every part must hold; any part that does not hold decides the claim."""
+
+    parts: tuple[Decision, ...]
+    correction: str | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        verdicts = [p.verdict for p in self.parts]
+        if any(v == Verdict.DOES_NOT_HOLD for v in verdicts):
+            return Verdict.DOES_NOT_HOLD
+        if verdicts and all(v == Verdict.HOLDS for v in verdicts):
+            return Verdict.HOLDS
         return Verdict.INCONCLUSIVE
-    return compare(a, [t], margin=0.0, z=z)
+
+    def lines(self) -> list[str]:
+        return [line for p in self.parts for line in p.lines()]
+
+    def rule_text(self) -> str:
+        inner = sorted({p.rule_text() for p in self.parts if p.rule_text()})
+        corr = ", Holm-corrected" if self.correction == "holm" else ""
+        return f"all of {len(self.parts)} parts{corr} ({'; '.join(inner)})"
 
 
-def all_of(*verdicts: Verdict) -> Verdict:
-    """Holds if every part holds; does not hold if any part does not hold."""
-    if any(v == Verdict.DOES_NOT_HOLD for v in verdicts):
-        return Verdict.DOES_NOT_HOLD
-    if all(v == Verdict.HOLDS for v in verdicts):
-        return Verdict.HOLDS
-    return Verdict.INCONCLUSIVE
+def all_of(*parts: Decision | Verdict, correction: str | None = None) -> AllOf:
+    """Holds if every part holds; does not hold if any part does not hold.
+
+    ``correction="holm"``: the parts' p-values are sorted, and the i-th smallest (of m) is
+    re-tested at confidence 1 − α/(m − i + 1), Holm's step-down levels, so "every part
+    holds" keeps the family-wise 1 − α of the parts' own level.
+    """
+    decisions = [_as_decision(p) for p in parts]
+    if correction not in (None, "holm"):
+        raise ValueError(f"correction must be None or 'holm', got {correction!r}")
+    if correction == "holm":
+        tests = [(i, d) for i, d in enumerate(decisions)
+                 if isinstance(d, Comparison) and math.isfinite(d.p_value)]
+        order = sorted(tests, key=lambda item: item[1].p_value)
+        m = len(order)
+        for rank, (i, d) in enumerate(order):
+            alpha = 1 - d.confidence
+            decisions[i] = d.at(1 - alpha / (m - rank))
+    return AllOf(tuple(decisions), correction)
+
+
+@dataclass(frozen=True, eq=False)
+class Gated(Decision):
+    """A method comparison decided only when its baseline learned (beat the floor)."""
+
+    gate: Comparison
+    decision: Decision
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.gate.verdict != Verdict.HOLDS:
+            return Verdict.INCONCLUSIVE
+        return self.decision.verdict
+
+    def lines(self) -> list[str]:
+        out = [f"gate {self.gate.describe()}"]
+        if self.gate.verdict != Verdict.HOLDS:
+            out.append("no signal: the baseline does not beat the floor")
+        return out + self.decision.lines()
+
+    def rule_text(self) -> str:
+        return (f"gate: baseline > floor ({self.gate.rule_text()}), else inconclusive; then "
+                + self.decision.rule_text())
+
+
+@dataclass(frozen=True)
+class SignalGate:
+    """``gate.guard(decision)``: the decision, or inconclusive when the baseline is at the floor."""
+
+    test: Comparison
+
+    @property
+    def passed(self) -> bool:
+        return self.test.verdict == Verdict.HOLDS
+
+    def guard(self, decision: Decision | Verdict) -> Gated:
+        return Gated(self.test, _as_decision(decision))
+
+
+def signal_gate(learned: Sequence[float], floor: Sequence[float] | float, *,
+                paired: bool = False, margin: float = 0.0,
+                confidence: float = CONFIDENCE, min_n: int = MIN_N,
+                label: str = "baseline − floor") -> SignalGate:
+    """The baseline must be measurably above the floor (per-seed values or one number)."""
+    if isinstance(floor, int | float):
+        if margin:
+            floor = float(floor) + margin
+        test = threshold(learned, float(floor), confidence=confidence, min_n=min_n,
+                         label=label)
+    else:
+        test = compare(learned, floor, paired=paired, margin=margin, confidence=confidence,
+                       min_n=min_n, label=label)
+    return SignalGate(test)
 
 
 @dataclass
@@ -142,14 +436,32 @@ class Claim:
     """One row of the claims table.
 
     `claim` is the paper's statement, `measured` the text built from the data (use
-    ``Summary.format``), `rule` the decision rule in words, `verdict` its computed output.
+    ``Summary.format``), `rule` the decision rule in words, `verdict` a ``Decision``
+    (``compare``/``threshold``/``all_of``/a gate) or a bare *inconclusive* when there is no
+    data. The row shows the decision's estimates with their intervals under `measured`, and
+    the statistical test after `rule`; ``claim.verdict`` is the plain ``Verdict``.
     """
 
     claim: str
     measured: str
     rule: str
-    verdict: Verdict
+    verdict: Verdict | Decision
     evidence: list[str] = field(default_factory=list)  # figure files behind the row
+    decision: Decision = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.decision = _as_decision(self.verdict)
+        self.verdict = self.decision.verdict
+
+    @property
+    def measured_cell(self) -> str:
+        lines = [self.measured] if self.measured else []
+        return "\n".join(lines + self.decision.lines())
+
+    @property
+    def rule_cell(self) -> str:
+        test = self.decision.rule_text()
+        return f"{self.rule}\n[{test}]" if test else self.rule
 
 
 def _cell(text: str) -> str:
@@ -197,7 +509,7 @@ class Report:
 
     def claims_table(self) -> str:
         rows = [
-            (i + 1, c.claim, c.measured, c.rule, f"**{c.verdict}**")
+            (i + 1, c.claim, c.measured_cell, c.rule_cell, f"**{c.verdict}**")
             for i, c in enumerate(self.claims)
         ]
         return markdown_table(("#", "Claim (paper)", "Measured", "Rule", "Verdict"), rows)
