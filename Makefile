@@ -6,6 +6,9 @@ PAPERS   := perln gsg balcon clipfusion cope
 MEMBERS  := shared $(addprefix packages/,$(PAPERS))
 SCALE    ?= cpu
 ARGS     ?=
+# Extra pytest arguments for the test targets, e.g. PYTEST_ARGS='-m "not ddp"' skips the
+# multi-process (2 CPU processes, gloo) tests that `make test` otherwise runs.
+PYTEST_ARGS ?=
 PYTHON   ?= python3.11
 
 # uv may be missing on a fresh machine: fall back to `python3 -m uv`, installed on first use.
@@ -17,7 +20,9 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .PHONY: help uv sync test lint format reproduce-all $(addprefix reproduce-,$(PAPERS)) $(addprefix test-,$(PAPERS)) test-shared clean
 
 help:
-	@echo "make test                          sync the workspace, run every member's tests offline"
+	@echo "make test [PYTEST_ARGS=...]        sync the workspace, run every member's tests offline"
+	@echo "                                   (DDP tests included; PYTEST_ARGS='-m \"not ddp\"' skips them)"
+	@echo "make gpu-check [GPU_ARGS=...]      scripts/gpu-check.sh (needs a CUDA GPU; --tiny runs on CPU)"
 	@echo "make lint                          ruff"
 	@echo "make reproduce-<paper> [SCALE=...] papers: $(PAPERS); SCALE=smoke|cpu|paper (default cpu)"
 	@echo "make reproduce-all [SCALE=...]     every paper in turn"
@@ -35,15 +40,15 @@ test: sync
 	@fail=0; for m in $(MEMBERS); do \
 		[ -d $$m/tests ] || continue; \
 		echo "== $$m"; \
-		$(OFFLINE) $(UV) run --no-sync pytest $$m/tests; rc=$$?; \
+		$(OFFLINE) $(UV) run --no-sync pytest $$m/tests $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then fail=1; fi; \
 	done; exit $$fail
 
 test-shared: sync
-	$(OFFLINE) $(UV) run --no-sync pytest shared/tests
+	$(OFFLINE) $(UV) run --no-sync pytest shared/tests $(PYTEST_ARGS)
 
 $(addprefix test-,$(PAPERS)): test-%: sync
-	$(OFFLINE) $(UV) run --no-sync pytest packages/$*/tests
+	$(OFFLINE) $(UV) run --no-sync pytest packages/$*/tests $(PYTEST_ARGS)
 
 lint: uv
 	$(UV) run --no-sync ruff check shared packages

@@ -64,3 +64,29 @@ def test_parse_seeds():
         parse_seeds("0,a")
     with pytest.raises(ConfigError, match="at least one seed"):
         parse_seeds(",")
+
+
+@dataclass
+class Sweep:
+    lr: float = 1e-3
+    contrast: float | None = None
+    lrs: list[float] = field(default_factory=lambda: [1e-3])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    name: str = "x"
+
+
+def test_numeric_strings_become_numbers_for_float_fields(tmp_path):
+    # YAML 1.1 reads 1e-2 (no dot) as the string '1e-2'
+    assert parse_override("lrs=[1e-2,1.0e-1]") == ("lrs", ["1e-2", 0.1])
+    path = tmp_path / "s.yaml"
+    path.write_text("lr: 3e-3\ncontrast: 2e-2\n")
+    cfg = load_config(Sweep, path, ["lrs=[1e-2,1.0e-1,5]", "name=1e-2"])
+    assert cfg.lr == 0.003 and isinstance(cfg.lr, float)
+    assert cfg.contrast == 0.02
+    assert cfg.lrs == [0.01, 0.1, 5]
+    assert cfg.name == "1e-2"  # a str field keeps its text
+    assert load_config(Sweep, None, ["contrast=null"]).contrast is None
+    with pytest.raises(ConfigError, match=r"Sweep.lrs\[1\] must be a number, got 'fast'"):
+        load_config(Sweep, None, ["lrs=[1e-2,fast]"])
+    with pytest.raises(ConfigError, match="Sweep.lr must be a number"):
+        load_config(Sweep, None, ["lr=abc"])

@@ -64,3 +64,17 @@ def test_token_stream_windows():
     assert torch.equal(fixed[1][0], stream.fixed_batches(2, 3)[1][0])
     with pytest.raises(DatasetError, match="fewer than one block"):
         TokenStream(torch.arange(5), block_size=8)
+
+
+def test_a_single_file_yields_train_and_validation_text(tmp_path):
+    lines = [f"line {i}: to be or not to be, that is the question\n" for i in range(2000)]
+    path = tmp_path / "shakespeare.txt"
+    path.write_text("".join(lines))
+    corpus = load_corpus(str(path))
+    assert corpus.train and corpus.validation
+    # the pieces are the file cut in order, cut at line ends, nothing lost or repeated
+    pieces = sorted(corpus.train + corpus.validation, key=lambda t: int(t.split(":")[0][5:]))
+    assert "".join(pieces) == path.read_text()
+    assert all(p.endswith("\n") for p in pieces)
+    assert 0 < sum(map(len, corpus.validation)) < 0.3 * len(path.read_text())
+    assert load_corpus(str(path)) == corpus  # the same split every time

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from perln.config import ProbeConfig, TrainConfig
-from perln.model import GPT, Block, ModelConfig
+from perln.model import GPT, Block, ModelConfig, round_to
 from perln.module import PerlnModule
 from reprokit.errors import ConfigError
 
@@ -71,9 +71,10 @@ def test_peri_normalizes_the_sublayer_output_before_the_add():
     torch.testing.assert_close(rms, torch.ones(2, 5), atol=1e-3, rtol=0)
 
 
-def test_frozen_output_gain_stays_fixed_after_an_optimizer_step():
+@pytest.mark.parametrize("bias", [False, True])
+def test_frozen_output_gain_stays_fixed_after_an_optimizer_step(bias):
     torch.manual_seed(0)
-    model_cfg = cfg(norm_placement="peri", freeze_output_gain=True)
+    model_cfg = cfg(norm_placement="peri", freeze_output_gain=True, bias=bias)
     module = PerlnModule(model_cfg, TrainConfig(steps=5), ProbeConfig(), 1e-2,
                          torch.zeros(1, 8, dtype=torch.long), [])
     opt = module.configure_optimizers()["optimizer"]
@@ -87,6 +88,81 @@ def test_frozen_output_gain_stays_fixed_after_an_optimizer_step():
     assert torch.equal(block.attn_out.weight, before_out)
     assert torch.equal(block.mlp_out.weight, torch.ones(8))
     assert not torch.equal(block.attn_in.weight, before_in)  # the input gains do learn
+    if bias:  # only γ is frozen: the output norms' β still learns
+        assert block.attn_out.bias.requires_grad and block.mlp_out.bias.grad is not None
+        assert not torch.equal(block.mlp_out.bias, torch.zeros(8))
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("auto", {"pre": False, "post": False, "peri": True}),
+    ("on", {"pre": True, "post": True, "peri": True}),
+    ("off", {"pre": False, "post": False, "peri": False}),
+    (True, {"pre": True, "post": True, "peri": True}),   # YAML reads a bare on/off as bool
+    (False, {"pre": False, "post": False, "peri": False}),
+])
+def test_embedding_norm_is_part_of_peri_by_default(setting, expected):
+    for placement, on in expected.items():
+        model = GPT(cfg(norm_placement=placement, embedding_norm=setting))
+        assert isinstance(model.emb_norm, torch.nn.LayerNorm) == on, placement
+        assert model.has_embedding_norm == on
+
+
+def test_peri_embedding_output_is_normalized():
+    torch.manual_seed(0)
+    model = GPT(cfg(norm_placement="peri"))
+    torch.nn.init.uniform_(model.emb_norm.weight, 0.5, 1.5)
+    idx = torch.randint(0, 17, (2, 8))
+    # y0 = Norm(x_embed): the 0.02-std embedding is brought to the gains' scale
+    expected = layer_norm(model.tok_emb(idx), model.emb_norm.weight)
+    torch.testing.assert_close(model.embed(idx), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="embedding_norm"):
+        GPT(cfg(embedding_norm="sometimes"))
+
+
+def test_round_to_rounds_forward_and_passes_the_gradient_straight_through():
+    x = torch.tensor([1.0001, 3.14159265, 70000.0, -1e-9], requires_grad=True)
+    y = round_to(x, torch.float16)
+    assert y[0].item() == 1.0 and y[1].item() == pytest.approx(3.140625)  # 11-bit mantissa
+    assert y[2].item() == float("inf")    # past the fp16 maximum 65504
+    assert y[3].item() == 0.0             # below fp16's smallest subnormal
+    (y[:2] * torch.tensor([2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [2.0, 3.0, 0.0, 0.0]
+    assert round_to(x, None) is x
+    assert round_to(torch.tensor([1.0001]), torch.bfloat16).item() == 1.0
+
+
+def test_fp16_stream_rounds_every_block_output_and_tracks_the_peak():
+    torch.manual_seed(0)
+    model = GPT(cfg(norm_placement="pre", n_layer=3), stream_dtype="fp16")
+    model.track_peak = True
+    idx = torch.randint(0, 17, (2, 8))
+    logits, _, hidden = model(idx, return_hidden=True)
+    x = model.embed(idx).half().float()
+    peak = 0.0
+    for block, h in zip(model.blocks, hidden, strict=True):
+        x = block(x)
+        peak = max(peak, x.abs().max().item())
+        x = x.half().float()
+        torch.testing.assert_close(h, x, rtol=0, atol=0)
+    assert model.peak.item() == pytest.approx(peak, rel=1e-6)
+    model.eval()
+    model.peak = None
+    model(idx)
+    assert model.peak is None  # evaluation forwards do not touch the training peak
+    with pytest.raises(ConfigError, match="stream_dtype"):
+        GPT(cfg(), stream_dtype="fp8")
+
+
+def test_fp16_stream_overflow_turns_the_loss_nan_where_fp32_does_not():
+    torch.manual_seed(0)
+    models = {d: GPT(cfg(norm_placement="pre"), stream_dtype=d) for d in ("fp32", "fp16")}
+    models["fp16"].load_state_dict(models["fp32"].state_dict())
+    for m in models.values():
+        with torch.no_grad():
+            m.blocks[0].mlp.down.weight.mul_(1e6)  # a Pre-LN stream far past 65504
+    idx = torch.randint(0, 17, (2, 8))
+    assert torch.isfinite(models["fp32"](idx, idx)[1])
+    assert not torch.isfinite(models["fp16"](idx, idx)[1])
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(position="learned", mlp="swiglu", norm="rmsnorm"),

@@ -2,7 +2,9 @@
 
     cfg = load_config(PerlnConfig, "configs/cpu.yaml", ["model.n_layer=6", "seeds=[0,1]"])
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default). YAML 1.1 reads
+``1e-2`` (no dot) as a string: fields typed ``float`` (also ``float | None`` and
+``list[float]``) take such numeric strings as numbers, so ``--set 'lrs=[1e-2,1e-1]'`` works.
 """
 
 from __future__ import annotations
@@ -20,6 +22,28 @@ from reprokit.errors import ConfigError
 T = TypeVar("T")
 
 
+def _is_float_hint(hint) -> bool:
+    if hint is float:
+        return True
+    args = typing.get_args(hint)  # float | None, Optional[float]
+    return bool(args) and float in args and all(a in (float, int, type(None)) for a in args) \
+        and typing.get_origin(hint) not in (list, tuple)
+
+
+def _coerce(hint, value: Any, where: str) -> Any:
+    """Numeric strings for float fields (``"1e-2"`` -> 0.01); anything else is left alone."""
+    if _is_float_hint(hint) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if typing.get_origin(hint) is list and isinstance(value, list):
+        (item,) = typing.get_args(hint) or (Any,)
+        if _is_float_hint(item):
+            return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -34,7 +58,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             kwargs[name] = _build(hint, value, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(hint, value, f"{where}.{name}")
     return cls(**kwargs)
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
+from pathlib import Path
 
 from reprokit.config import parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
+
+RUN_PATH_ENV = "BALCON_RUN_PATH"  # rank 0's run folder, inherited by the DDP ranks it launches
 
 EXAMPLES = """examples:
   balcon reproduce --scale smoke --out /tmp/runs       # seconds: every code path, tiny
@@ -70,10 +75,20 @@ def reproduce(args) -> int:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     cfg = load(args.scale, overrides)
     # Tiny models run fastest on one thread; several threads only add contention.
-    threads = args.threads or (1 if cfg.data.name == "digits" else None)
+    threads = args.threads or (1 if cfg.data.name in ("digits", "shapes") else None)
     runtime = setup(args.accelerator, cfg.train.precision, threads=threads)
+    # Under DDP, Lightning re-runs this command once per extra rank (LOCAL_RANK set): those
+    # processes join the training of each arm and write nothing; rank 0 owns the run folder,
+    # whose path they get through the environment (a default run name is a timestamp).
+    rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+    if rank > 0:
+        root, name = Path(os.environ[RUN_PATH_ENV]).parent.parent, Path(os.environ[RUN_PATH_ENV]).name
+        run = RunDir("balcon", name, root, resume=True)
+        run_experiments(cfg, runtime, run, args.devices, log=lambda m: None, rank_zero=False)
+        return 0
     run = RunDir("balcon", args.run_name or default_run_name(args.scale), args.out,
                  resume=args.resume)
+    os.environ[RUN_PATH_ENV] = str(run.path)
     if args.resume and (run.path / "config.yaml").exists():
         from balcon.config import BalconConfig
         from reprokit.config import load_config
@@ -83,15 +98,21 @@ def reproduce(args) -> int:
                               "resume with the same --scale/--set/--seeds")
     run.save_config(cfg)
     run.save_environment(runtime)
-    start, cpu0 = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     print(f"balcon: {args.scale} scale → {run.path} ({runtime.accelerator}, "
           f"{runtime.threads} thread(s))", file=sys.stderr)
     run_experiments(cfg, runtime, run, args.devices, log=lambda m: print(m, file=sys.stderr))
     run.log({"event": "finished", "wall_s": time.perf_counter() - start,
-             "cpu_s": time.process_time() - cpu0}, "timing.jsonl")
+             "cpu_s": _cpu_seconds_with_children()}, "timing.jsonl")
     path = write_report(run)
     print(path)
     return 0
+
+
+def _cpu_seconds_with_children() -> float:
+    """CPU seconds of this process and of its finished worker processes (parallel arms)."""
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,9 @@ class ModelConfig:
     backbone_kwargs: dict = field(default_factory=dict)
     proj_hidden: int = 128
     proj_dim: int = 64
+    bn_views: str = "per_view"        # per_view: the net runs once per view (BN over B, as the
+                                      # PyTorch SimCLR reference); joint: one pass over 2B
+    channels_last: bool = True        # CNN inputs in NHWC (faster convolutions on CPU)
 
 
 @dataclass
@@ -46,6 +49,8 @@ class TrainConfig:
     augment_strength: float = 1.0     # training augmentation strength (digits: TensorAugment)
     log_every: int = 10               # loss curve resolution
     checkpoint_every: int = 0         # steps between Lightning checkpoints (0 = none)
+    workers: int = 0                  # arms trained in parallel processes on CPU (0: one per
+                                      # core, 1 thread each); always 1 with --devices > 1
     precision: str = "auto"
 
 
@@ -109,6 +114,11 @@ class BalconConfig:
         if 1.0 not in [float(a) for a in self.grid.alphas] or \
                 1.0 not in [float(b) for b in self.grid.lambdas]:
             raise ConfigError("grid.alphas and grid.lambdas must contain 1.0 (InfoNCE's point)")
+        if self.model.bn_views not in ("per_view", "joint"):
+            raise ConfigError(f"model.bn_views must be 'per_view' or 'joint', "
+                              f"got {self.model.bn_views!r}")
+        if self.train.workers < 0:
+            raise ConfigError(f"train.workers must be ≥ 0, got {self.train.workers}")
         if self.train.steps < 1 or self.train.batch_size < 2:
             raise ConfigError("train.steps must be ≥ 1 and train.batch_size ≥ 2")
         return self

@@ -116,6 +116,54 @@ def dataset_targets(dataset: Dataset) -> torch.Tensor:
 # ---------------------------------------------------------------- training/evaluation data
 
 
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, (0, 1) outside DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardedBatches(torch.utils.data.IterableDataset):
+    """Endless shuffled global batches of in-memory images, each split across DDP ranks.
+
+    Every pass over the data is a fresh permutation (from `seed`) cut into full batches of
+    `batch_size` (the global batch); rank r of w keeps rows r, r + w, … of each, so the ranks
+    see disjoint images and together exactly the batch a 1-process run sees. Items are
+    ``(images, indices)``: the dataset indices, so a test can check who drew what.
+    ``start_step`` skips that many global batches: a resumed run continues the same stream.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0):
+        n = images.shape[0]
+        if not 2 <= batch_size <= n:
+            raise DatasetError(f"train.batch_size must be in 2..{n} (the training images), "
+                               f"got {batch_size}")
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.start_step = start_step
+
+    def __iter__(self):
+        rank, world = dist_rank_world()
+        if self.batch_size % world:
+            raise ConfigError(f"train.batch_size {self.batch_size} must be divisible by the "
+                              f"{world} processes")
+        n, b = self.images.shape[0], self.batch_size
+        per_pass = n // b
+        gen = torch.Generator().manual_seed(self.seed)
+        skip = self.start_step
+        while True:
+            order = torch.randperm(n, generator=gen)
+            if skip >= per_pass:  # the permutation is drawn anyway: the stream stays the same
+                skip -= per_pass
+                continue
+            for start in range(skip * b, per_pass * b, b):
+                idx = order[start:start + b][rank::world]
+                yield self.images[idx], idx
+            skip = 0
+
+
+
 class DigitsData:
     """scikit-learn digits, balanced or long-tailed training set, balanced test set."""
 
@@ -133,14 +181,14 @@ class DigitsData:
     def train_counts(self) -> list[int]:
         return class_counts(self.train.labels, self.num_classes)
 
-    def train_loader(self, batch_size: int, seed: int, num_workers: int = 0):
-        from reprokit.data.images import TensorBatches
+    def test_size(self) -> int:
+        return len(self.test)
 
-        # endless shuffled (images, labels) batches: the trainer stops at max_steps
+    def train_loader(self, batch_size: int, seed: int, num_workers: int = 0,
+                     start_step: int = 0):
+        # endless shuffled (images, indices) batches: the trainer stops at max_steps
         return torch.utils.data.DataLoader(
-            TensorBatches(self.train.images, batch_size, seed, labels=self.train.labels,
-                          infinite=True),
-            batch_size=None)
+            ShardedBatches(self.train.images, batch_size, seed, start_step), batch_size=None)
 
     def augment(self, strength: float):
         from reprokit.data.augment import digits_augment
@@ -208,13 +256,19 @@ class NaturalImageData:
     def train_counts(self) -> list[int]:
         return class_counts(self.train_labels, self.num_classes)
 
+    def test_size(self) -> int:
+        return len(self.test_base)
+
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False):
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
             num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0)
 
-    def train_loader(self, batch_size: int, seed: int, num_workers: int = 0):
+    def train_loader(self, batch_size: int, seed: int, num_workers: int = 0,
+                     start_step: int = 0):
+        # per-image transforms: Lightning's DistributedSampler shards these across ranks
+        # (then train.batch_size is per device); a resumed arm restarts its epoch order.
         from reprokit.data.augment import natural_image_views
         from reprokit.data.images import MultiViewDataset
 

@@ -19,7 +19,9 @@ import math
 import resource
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 
 import lightning as L
 import numpy as np
@@ -35,7 +37,7 @@ from balcon.module import SimCLRModule
 from reprokit.evaluation import effective_rank, knn_accuracy, linear_probe_accuracy, normalized_std
 from reprokit.progress import quiet_lightning, track, trainer_progress_kwargs
 from reprokit.runs import RunDir
-from reprokit.runtime import Runtime, seed_everything
+from reprokit.runtime import Runtime, available_cpus, seed_everything
 
 INFONCE = (1.0, 1.0)
 
@@ -110,6 +112,12 @@ def _backbone_kwargs(cfg: BalconConfig, data) -> dict:
     return kwargs
 
 
+def _resume_step(ckpt_path: str | None) -> int:
+    if ckpt_path is None:
+        return 0
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"])
+
+
 def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int = 1,
               checkpoint_dir=None) -> tuple[SimCLRModule, float]:
     """Train one SimCLR encoder; returns the module and the training wall time."""
@@ -118,7 +126,11 @@ def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int 
     net = SimCLRNet(cfg.model.backbone, kwargs, cfg.model.proj_hidden, cfg.model.proj_dim)
     loss = BalancedContrastiveLoss(arm.alpha, arm.lam, cfg.train.temperature,
                                    arm.include_positive)
-    module = SimCLRModule(net, loss, cfg.train, data.augment(arm.strength))
+    if cfg.model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    module = SimCLRModule(net, loss, cfg.train, data.augment(arm.strength),
+                          bn_views=cfg.model.bn_views, channels_last=cfg.model.channels_last,
+                          seed=arm.seed)
     quiet_lightning()
     progress = trainer_progress_kwargs()
     callbacks = list(progress.pop("callbacks"))
@@ -136,8 +148,10 @@ def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int 
         enable_checkpointing=bool(cfg.train.checkpoint_every > 0 and checkpoint_dir),
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         strategy="ddp" if devices > 1 else "auto",
-        sync_batchnorm=devices > 1, **progress)
-    loader = data.train_loader(cfg.train.batch_size, arm.seed, cfg.data.num_workers)
+        # SyncBatchNorm needs a GPU; on CPU (gloo) each rank normalises its own shard
+        sync_batchnorm=devices > 1 and runtime.accelerator == "cuda", **progress)
+    loader = data.train_loader(cfg.train.batch_size, arm.seed, cfg.data.num_workers,
+                               start_step=_resume_step(ckpt_path))
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     if trainer.interrupted or trainer.global_step < cfg.train.steps:
@@ -182,12 +196,22 @@ def evaluate_arm(cfg: BalconConfig, module: SimCLRModule, data, device, seed: in
 
 
 def run_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, run: RunDir,
-            devices: int = 1) -> dict | None:
+            devices: int = 1, threads: int | None = None) -> dict:
+    """Train and evaluate one arm; rank 0 writes ``results/<arm>.json`` (other DDP ranks
+    wait for it and return it, so every rank goes on with the same results). Runs in the
+    main process or in a worker process (then `data` is None and built here)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if data is None:  # a worker process builds its own copy (cheap, deterministic)
+        data = build_data(cfg.data, long_tailed=arm.data == "long_tailed")
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     ckpt_dir = run.checkpoints / arm.key
     module, train_wall = train_arm(cfg, arm, data, runtime, devices, ckpt_dir)
+    result_file = run.path / "results" / f"{arm.key}.json"
     if not getattr(module, "rank_zero", True):
-        return None
+        while not result_file.exists():  # rank 0 evaluates; its file is the arm's result
+            time.sleep(0.1)
+        return run.read_json(f"results/{arm.key}.json")
     metrics = evaluate_arm(cfg, module, data, runtime.device, arm.seed)
     curve = module.loss_curve
     final_loss = curve[-1][1] if curve else float("nan")
@@ -195,43 +219,48 @@ def run_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, run: RunDir,
               "diverged": module.nonfinite_steps > 0 or not math.isfinite(final_loss),
               "loss_curve": curve, "train_wall_s": train_wall,
               "wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0}
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the result file will stand for the arm
     run.write_json(f"results/{arm.key}.json", result)
-    run.log({k: v for k, v in result.items() if k not in ("loss_curve", "bias")})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the result file now stands for the arm
     return result
 
 
-# ---------------------------------------------------------------- baselines and driver
+# ---------------------------------------------------------------- floors and driver
 
 
-def raw_pixel_baseline(cfg: BalconConfig, data) -> dict:
-    """kNN and linear probe on raw pixels: the headroom an encoder has to beat (digits)."""
-    if cfg.data.name != "digits":
-        return {}
-    train_x, test_x = data.train.images.flatten(1), data.test.images.flatten(1)
-    return {"knn_acc": knn_accuracy(train_x, data.train.labels, test_x, data.test.labels,
-                                    k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature),
-            "linear_acc": linear_probe_accuracy(train_x, data.train.labels, test_x,
-                                                data.test.labels, epochs=cfg.eval.probe_epochs,
-                                                lr=cfg.eval.probe_lr),
-            "train_counts": data.train_counts(), "test_size": len(data.test),
-            **untrained_baseline(cfg, data)}
+def floor_baseline(cfg: BalconConfig, data, seeds) -> dict:
+    """The signal floors of a training set: kNN and linear probe on raw pixels (in-memory
+    data), and on the randomly initialised encoder of every seed — exactly the weights that
+    seed's arms start from, so an arm can be compared with its own starting point."""
+    out: dict = {"train_counts": data.train_counts(), "test_size": data.test_size(),
+                 "random": {}}
+    ev = cfg.eval
+    if hasattr(data, "train"):
+        train_x, test_x = data.train.images.flatten(1), data.test.images.flatten(1)
+        ty, sy = data.train.labels, data.test.labels
+        out["raw"] = {
+            "knn_acc": knn_accuracy(train_x, ty, test_x, sy, k=ev.knn_k,
+                                    temperature=ev.knn_temperature,
+                                    num_classes=data.num_classes),
+            "linear_acc": linear_probe_accuracy(train_x, ty, test_x, sy, epochs=ev.probe_epochs,
+                                                lr=ev.probe_lr, num_classes=data.num_classes)}
+    for seed in seeds:
+        seed_everything(seed)
+        encoder = SimCLRNet(cfg.model.backbone, _backbone_kwargs(cfg, data),
+                            cfg.model.proj_hidden, cfg.model.proj_dim).encoder
+        train_x, train_y = data.features(encoder, "train", "cpu", ev.max_images)
+        test_x, test_y = data.features(encoder, "test", "cpu", ev.max_images)
+        out["random"][str(seed)] = {
+            "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=ev.knn_k,
+                                    temperature=ev.knn_temperature,
+                                    num_classes=data.num_classes),
+            "linear_acc": linear_probe_accuracy(train_x, train_y, test_x, test_y,
+                                                epochs=ev.probe_epochs, lr=ev.probe_lr,
+                                                seed=seed, num_classes=data.num_classes)}
+    return out
 
 
-def untrained_baseline(cfg: BalconConfig, data, seed: int = 0) -> dict:
-    """The same probes on a randomly initialised encoder: what training adds."""
-    seed_everything(seed)
-    kwargs = _backbone_kwargs(cfg, data)
-    encoder = SimCLRNet(cfg.model.backbone, kwargs, cfg.model.proj_hidden,
-                        cfg.model.proj_dim).encoder
-    train_x, train_y = data.features(encoder, "train", "cpu")
-    test_x, test_y = data.features(encoder, "test", "cpu")
-    return {"untrained_knn_acc": knn_accuracy(train_x, train_y, test_x, test_y,
-                                              k=cfg.eval.knn_k,
-                                              temperature=cfg.eval.knn_temperature),
-            "untrained_linear_acc": linear_probe_accuracy(train_x, train_y, test_x, test_y,
-                                                          epochs=cfg.eval.probe_epochs,
-                                                          lr=cfg.eval.probe_lr)}
+def all_seeds(cfg: BalconConfig) -> list[int]:
+    return sorted({int(s) for s in [*cfg.seeds, *cfg.confirm_seeds, *cfg.bias.seeds]})
 
 
 def load_results(run: RunDir) -> dict[str, dict]:
@@ -241,32 +270,55 @@ def load_results(run: RunDir) -> dict[str, dict]:
     return {p.stem: run.read_json(f"results/{p.name}") for p in sorted(folder.glob("*.json"))}
 
 
+def default_workers(cfg: BalconConfig, runtime: Runtime, devices: int) -> int:
+    if devices > 1 or runtime.accelerator != "cpu":
+        return 1
+    return cfg.train.workers or available_cpus()
+
+
 def run_experiments(cfg: BalconConfig, runtime: Runtime, run: RunDir, devices: int = 1,
-                    log=print) -> dict[str, dict]:
+                    log=print, rank_zero: bool = True) -> dict[str, dict]:
     (run.path / "results").mkdir(exist_ok=True)
     done = load_results(run)
-    if done:
+    if done and rank_zero:
         log(f"resuming: {len(done)} finished arm(s) read back from {run.path / 'results'}")
+    workers = default_workers(cfg, runtime, devices)
     cache: dict[str, object] = {}
 
     def data_for(variant: str):
         if variant not in cache:
             cache[variant] = build_data(cfg.data, long_tailed=variant == "long_tailed")
             name = f"baseline_{variant}.json"
-            if not (run.path / name).exists() and cfg.data.name == "digits":
-                run.write_json(name, raw_pixel_baseline(cfg, cache[variant]))
+            if rank_zero and not (run.path / name).exists():
+                run.write_json(name, floor_baseline(cfg, cache[variant], all_seeds(cfg)))
         return cache[variant]
+
+    def finished(arm: Arm, result: dict, experiment: str) -> None:
+        done[arm.key] = result
+        if not rank_zero:
+            return
+        run.log({k: v for k, v in result.items() if k not in ("loss_curve", "bias")})
+        log(f"[{experiment}] {arm.key}: linear {result['linear_acc']:.3f} "
+            f"knn {result['knn_acc']:.3f} loss {result['final_loss']:.3f} "
+            f"({result['wall_s']:.1f}s wall, {result['cpu_s']:.1f}s cpu)")
 
     def run_all(arms: list[Arm], experiment: str) -> None:
         todo = [a for a in dict.fromkeys(arms) if a.key not in done]
-        for arm in track(todo, f"{experiment}: {len(todo)} arm(s)"):
-            result = run_arm(cfg, arm, data_for(arm.data), runtime, run, devices)
-            if result is None:
-                continue
-            done[arm.key] = result
-            log(f"[{experiment}] {arm.key}: linear {result['linear_acc']:.3f} "
-                f"knn {result['knn_acc']:.3f} loss {result['final_loss']:.3f} "
-                f"({result['wall_s']:.1f}s wall, {result['cpu_s']:.1f}s cpu)")
+        n = min(workers, len(todo))
+        if n <= 1:
+            for arm in track(todo, f"{experiment}: {len(todo)} arm(s)"):
+                finished(arm, run_arm(cfg, arm, data_for(arm.data), runtime, run, devices),
+                         experiment)
+            return
+        # Arms in parallel processes, one torch thread each: these small models use cores
+        # far better that way than with intra-op threads. Each worker builds its own data.
+        context = get_context("spawn")  # fork is unsafe with torch's thread pools
+        with ProcessPoolExecutor(n, mp_context=context) as pool:
+            futures = {pool.submit(run_arm, cfg, arm, None, runtime, run, 1, 1): arm
+                       for arm in todo}
+            for future in track(as_completed(futures), f"{experiment}: {len(todo)} arm(s)",
+                                total=len(futures)):
+                finished(futures[future], future.result(), experiment)
 
     for variant in {cfg.grid.data} | ({"balanced", "long_tailed"}
                                       if "longtail" in cfg.experiments else set()):
@@ -280,5 +332,6 @@ def run_experiments(cfg: BalconConfig, runtime: Runtime, run: RunDir, devices: i
             run_all(longtail_arms(cfg, tuple(plan["best_balanced"])), "longtail")
     if "bias" in cfg.experiments:
         run_all(bias_arms(cfg), "bias")
-    run.write_json("plan.json", plan)
+    if rank_zero:
+        run.write_json("plan.json", plan)
     return done

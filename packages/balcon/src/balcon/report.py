@@ -7,6 +7,7 @@ next to its claim, so ``--resume`` of a finished run just rewrites the same repo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from balcon.bias import relative_floor
 from balcon.experiments import INFONCE, best_balanced_setting, load_results
 from reprokit.report import (
     Claim,
+    Decision,
     Report,
     Verdict,
     all_of,
@@ -24,12 +26,14 @@ from reprokit.report import (
     new_figure,
     plot_band,
     save_figure,
+    signal_gate,
     summarize,
+    threshold,
 )
 from reprokit.runs import RunDir
 
 COLLAPSE_FRACTION = 0.2   # collapsed: embedding std < 0.2 · (1/√d), the healthy level
-MIN_SEEDS = 2             # seed comparisons need a spread on both sides: one seed has none
+SIGNAL_TARGET = 0.10      # issue 12: InfoNCE should beat the best floor by ≥ 10 points here
 
 
 def _cell(results, **match) -> list[dict]:
@@ -38,6 +42,16 @@ def _cell(results, **match) -> list[dict]:
 
 def _values(rows, key) -> list[float]:
     return [float(r[key]) for r in rows]
+
+
+def _by_seed(rows, key) -> dict[int, float]:
+    return {int(r["seed"]): float(r[key]) for r in rows}
+
+
+def _aligned(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float]]:
+    """Values of two arms on the seeds both have, in seed order (for paired tests)."""
+    common = sorted(set(a) & set(b))
+    return [a[s] for s in common], [b[s] for s in common]
 
 
 def _rel_bias(r: dict, strength: str, m_index: int = -1) -> float:
@@ -51,21 +65,71 @@ def _rel_floor(r: dict, strength: str) -> float:
     return relative_floor(b["views"], b["bias"], b["relative_bias"]) if b else float("nan")
 
 
-def spearman_rule(x, y) -> tuple[Verdict, float, float]:
-    """Lower bias ↔ higher accuracy: holds if Spearman ρ(bias, acc) < 0 with p < 0.05,
-    does not hold if ρ > 0 with p < 0.05, inconclusive otherwise (or with < 4 points)."""
-    from scipy.stats import spearmanr
+@dataclass(frozen=True, eq=False)
+class SpearmanTest(Decision):
+    """Does lower bias go with higher accuracy? Spearman's ρ with a Fisher-z interval
+    (standard error 1.06/√(n − 3), Fieller, Hartley & Pearson 1957): *holds* when the whole
+    two-sided interval is below 0, *does not hold* when it is above 0, else inconclusive."""
+
+    rho: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    confidence: float = 0.95
+    min_n: int = 6
+    label: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.n < self.min_n or not math.isfinite(self.rho):
+            return Verdict.INCONCLUSIVE
+        if self.high < 0:
+            return Verdict.HOLDS
+        if self.low > 0:
+            return Verdict.DOES_NOT_HOLD
+        return Verdict.INCONCLUSIVE
+
+    def lines(self) -> list[str]:
+        head = f"{self.label}: " if self.label else ""
+        if self.n < self.min_n or not math.isfinite(self.rho):
+            return [f"{head}ρ = {fmt(self.rho)} (n={self.n} < {self.min_n} or undefined)"]
+        return [f"{head}ρ = {fmt(self.rho)} [{fmt(self.low)}, {fmt(self.high)}] "
+                f"({100 * self.confidence:g}% CI, Fisher z, n={self.n}, p = {fmt(self.p_value)})"]
+
+    def rule_text(self) -> str:
+        return (f"Spearman ρ, {100 * self.confidence:g}% Fisher-z CI below / above 0, "
+                f"n ≥ {self.min_n}")
+
+
+def spearman_test(x, y, *, confidence: float = 0.95, min_n: int = 6,
+                  label: str = "") -> SpearmanTest:
+    from scipy.stats import norm, spearmanr
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 4:
-        return Verdict.INCONCLUSIVE, float("nan"), float("nan")
+    n = int(ok.sum())
+    nan = float("nan")
+    if n < max(min_n, 4):
+        return SpearmanTest(nan, nan, nan, nan, n, confidence, min_n, label)
     rho, p = spearmanr(x[ok], y[ok])
     if not math.isfinite(rho):
-        return Verdict.INCONCLUSIVE, float("nan"), float("nan")
-    if p < 0.05:
-        return (Verdict.HOLDS if rho < 0 else Verdict.DOES_NOT_HOLD), float(rho), float(p)
-    return Verdict.INCONCLUSIVE, float(rho), float(p)
+        return SpearmanTest(nan, nan, nan, nan, n, confidence, min_n, label)
+    z = math.atanh(max(min(float(rho), 1 - 1e-12), -1 + 1e-12))
+    half = norm.ppf(0.5 + confidence / 2) * 1.06 / math.sqrt(n - 3)
+    return SpearmanTest(float(rho), math.tanh(z - half), math.tanh(z + half), float(p), n,
+                        confidence, min_n, label)
+
+
+def floors(baseline: dict, seeds: list[int]) -> dict[str, dict[int, float]]:
+    """Per seed and metric, the best floor: max(raw-pixel accuracy, the accuracy of the
+    randomly initialised encoder of that seed — the very weights the arm starts from)."""
+    out: dict[str, dict[int, float]] = {}
+    for key in ("knn_acc", "linear_acc"):
+        raw = float(baseline.get("raw", {}).get(key, float("-inf")))
+        rand = baseline.get("random", {})
+        out[key] = {s: max(raw, float(rand[str(s)][key])) for s in seeds if str(s) in rand}
+    return out
 
 
 def write_report(run: RunDir) -> Path:
@@ -97,12 +161,17 @@ def write_report(run: RunDir) -> Path:
             "train/test split; long-tailed training set with "
             f"imbalance ratio ρ = {cfg['data']['imbalance_ratio']:g} (n_c = ⌊n_max·ρ^(−c/9)⌋, "
             "class 0 the head); the test set stays balanced")
-        for v, b in baselines.items():
-            setting.append(
-                f"- {v.replace('_', '-')} training set: class counts {b['train_counts']} "
-                f"(test {b['test_size']}); **raw pixels**: kNN {fmt(b['knn_acc'])}, "
-                f"linear probe {fmt(b['linear_acc'])}; **untrained encoder** (seed 0): kNN "
-                f"{fmt(b['untrained_knn_acc'])}, linear probe {fmt(b['untrained_linear_acc'])}")
+    for v, b in baselines.items():
+        rand = [r for r in b.get("random", {}).values()]
+        raw = b.get("raw")
+        setting.append(
+            f"- {v.replace('_', '-')} training set: class counts {b['train_counts']} "
+            f"(test {b['test_size']}); floors: "
+            + (f"**raw pixels** kNN {fmt(raw['knn_acc'])}, linear probe "
+               f"{fmt(raw['linear_acc'])}; " if raw else "")
+            + f"**random encoder** ({len(rand)} seeds, the arms' own initial weights) kNN "
+            f"{summarize([r['knn_acc'] for r in rand]).format()}, linear probe "
+            f"{summarize([r['linear_acc'] for r in rand]).format()}")
     m = cfg["model"]
     setting += [
         f"- encoder `{m['backbone']}` {m['backbone_kwargs']}, projector MLP → {m['proj_hidden']}"
@@ -121,6 +190,32 @@ def write_report(run: RunDir) -> Path:
         f"- {len(results)} trained encoders in this run directory",
     ]
     rep.section("Setting", "\n".join(setting))
+
+    # ------------------------------------------------------------ signal
+    signal_rows = []
+    for d, b in baselines.items():
+        info_rows = [r for r in results if r["data"] == d and (r["alpha"], r["lam"]) == INFONCE
+                     and r["include_positive"] and r["strength"] == strength]
+        fl = floors(b, sorted({int(r["seed"]) for r in info_rows}))
+        for metric, name in (("linear_acc", "linear probe"), ("knn_acc", "kNN")):
+            a_vals, f_vals = _aligned(_by_seed(info_rows, metric), fl[metric])
+            if not a_vals:
+                continue
+            gap = compare(a_vals, f_vals, paired=True, label="InfoNCE − best floor")
+            target = compare(a_vals, f_vals, paired=True, margin=SIGNAL_TARGET)
+            signal_rows.append((d.replace("_", "-"), name, summarize(a_vals).format(),
+                                summarize(f_vals).format(), gap.describe(),
+                                f"{target.verdict}"))
+    if signal_rows:
+        rep.section("Signal: did SimCLR learn?",
+                    "InfoNCE at the default strength (every seed trained on that set) against "
+                    "the best floor of the same seed: max(raw-pixel accuracy, accuracy of the "
+                    "untrained encoder with that seed's initial weights), paired t-test. The "
+                    "method comparisons of experiment 2 are decided only where InfoNCE's "
+                    "interval is above the floor (the gate). The last column tests the setting's "
+                    f"own target, a gap of at least {SIGNAL_TARGET:.0%} points.")
+        rep.table(("training set", "metric", "InfoNCE", "best floor", "InfoNCE − floor",
+                   f"gap ≥ {SIGNAL_TARGET:g}"), signal_rows)
 
     # ------------------------------------------------------------ 1. grid
     alphas, lambdas = [float(a) for a in g["alphas"]], [float(b) for b in g["lambdas"]]
@@ -221,25 +316,30 @@ def write_report(run: RunDir) -> Path:
     # ------------------------------------------------------------ claims
     if have_lt:
         for d, what in (("long_tailed", "on long-tailed data"), ("balanced", "on balanced data")):
-            a_vals = _values(lt[(d, best)], "linear_acc")
-            b_vals = _values(lt[(d, INFONCE)], "linear_acc")
-            ka, kb = _values(lt[(d, best)], "knn_acc"), _values(lt[(d, INFONCE)], "knn_acc")
-            claim = ("A balanced weighting of positive and negative pairs beats InfoNCE "
-                     f"(linear probe) {what}" + (" — the grid's data" if d == grid_data else ""))
-            rep.add_claim(Claim(
-                claim,
-                f"({best[0]:g}, {best[1]:g}): {summarize(a_vals).format()} vs InfoNCE "
-                f"{summarize(b_vals).format()}",
-                "compare(balanced, InfoNCE): mean difference > 2 standard errors, "
-                f"≥ {MIN_SEEDS} seeds a side (fresh seeds; setting chosen on the grid seeds)",
-                compare(a_vals, b_vals, min_n=MIN_SEEDS), ["figures/longtail.png"]))
-            rep.add_claim(Claim(
-                f"… and in kNN accuracy {what}",
-                f"({best[0]:g}, {best[1]:g}): {summarize(ka).format()} vs InfoNCE "
-                f"{summarize(kb).format()}",
-                f"compare(balanced, InfoNCE) > 2 standard errors, ≥ {MIN_SEEDS} seeds a side "
-                "(fresh seeds)",
-                compare(ka, kb, min_n=MIN_SEEDS), ["figures/longtail.png"]))
+            floor = floors(baselines.get(d, {}), confirm)
+            info_rows, best_rows = lt[(d, INFONCE)], lt[(d, best)]
+            for metric, name in (("linear_acc", "linear probe"), ("knn_acc", "kNN")):
+                info = _by_seed(info_rows, metric)
+                a_vals, b_vals = _aligned(_by_seed(best_rows, metric), info)
+                g_vals, f_vals = _aligned(info, floor[metric])
+                # The gate: InfoNCE must beat the best floor of its own seed (raw pixels or
+                # its untrained encoder) before a comparison with it means anything.
+                gate = signal_gate(g_vals, f_vals, paired=True,
+                                   label=f"InfoNCE − best floor, {name}")
+                test = compare(a_vals, b_vals, paired=True,
+                               label=f"({best[0]:g}, {best[1]:g}) − InfoNCE, {name}")
+                claim = ("A balanced weighting of positive and negative pairs beats InfoNCE "
+                         f"({name}) {what}" + (" — the grid's data" if d == grid_data else ""))
+                rep.add_claim(Claim(
+                    claim,
+                    f"({best[0]:g}, {best[1]:g}): {summarize(_values(best_rows, metric)).format()}"
+                    f" vs InfoNCE {summarize(_values(info_rows, metric)).format()}; best floor "
+                    f"{summarize(f_vals).format()}",
+                    "paired over fresh seeds (both arms of a seed share initial weights and data "
+                    "order; the setting was chosen on the grid seeds); decided only if InfoNCE "
+                    "beats the best floor (max of raw-pixel and same-seed random-encoder "
+                    "accuracy)",
+                    gate.guard(test), ["figures/longtail.png"]))
     elif have_grid:
         rep.add_claim(Claim("A balanced weighting beats InfoNCE", "experiment 2 not run",
                             "needs experiment 2 (fresh seeds)", Verdict.INCONCLUSIVE))
@@ -249,31 +349,41 @@ def write_report(run: RunDir) -> Path:
         d = zero[0].get("embedding_dim", m["proj_dim"]) if zero else m["proj_dim"]
         limit = COLLAPSE_FRACTION / math.sqrt(d)
         stds = _values(zero, "embedding_std")
-        collapse = compare([limit], stds)
-        worse = compare(_values(info, "linear_acc"), _values(zero, "linear_acc"),
-                        min_n=MIN_SEEDS)
+        # λ = 0 arms of one seed (one per α) share that seed's weights and data order with
+        # InfoNCE: compare InfoNCE with their mean, seed by seed.
+        zero_acc = {}
+        for s in seeds:
+            vals = [float(r["linear_acc"]) for r in zero if r["seed"] == s]
+            if vals:
+                zero_acc[s] = float(np.mean(vals))
+        a_vals, b_vals = _aligned(_by_seed(info, "linear_acc"), zero_acc)
+        collapse = threshold(stds, limit, above=False,
+                             label=f"embedding std − {COLLAPSE_FRACTION}/√d, λ = 0")
+        worse = compare(a_vals, b_vals, paired=True,
+                        label="InfoNCE − λ = 0 (mean over α), linear probe")
         rep.add_claim(Claim(
             "Without the repelling term (λ → 0) the representation collapses",
             f"λ = 0 (all α): embedding std {summarize(stds).format(4)} (healthy 1/√d = "
             f"{fmt(1 / math.sqrt(d))}); linear probe "
             f"{summarize(_values(zero, 'linear_acc')).format()}"
             f" vs InfoNCE {summarize(_values(info, 'linear_acc')).format()}",
-            f"all_of(embedding std < {COLLAPSE_FRACTION}/√d beyond 2 s.e., InfoNCE linear probe > "
-            f"λ = 0 beyond 2 s.e. with ≥ {MIN_SEEDS} seeds a side)",
-            all_of(collapse, worse), ["figures/grid_heatmap.png"]))
+            f"both: the λ = 0 embedding std is below {COLLAPSE_FRACTION}/√d (all α × seeds), "
+            "and InfoNCE's linear probe is above λ = 0's (paired by grid seed)",
+            all_of(collapse, worse, correction="holm"), ["figures/grid_heatmap.png"]))
     if have_bias:
         parts, texts = [], []
         for s in meas:
             first = [_rel_bias(r, s, 0) for r in default_enc]
             last = [_rel_bias(r, s, -1) for r in default_enc]
-            parts.append(compare(first, last, min_n=MIN_SEEDS))
+            parts.append(compare(first, last, paired=True,
+                                 label=f"M={views[0]} − M={views[-1]}, strength {s}"))
             texts.append(f"strength {s}: {summarize(first).format()} → {summarize(last).format()}")
         rep.add_claim(Claim(
             "The prototype representation bias falls as the number of augmentations M grows",
             f"relative bias M = {views[0]} → {views[-1]} (InfoNCE encoders): " + "; ".join(texts),
-            f"all_of over measurement strengths: compare(bias(M={views[0]}), "
-            f"bias(M={views[-1]})) > 2 s.e., ≥ {MIN_SEEDS} seeds a side", all_of(*parts),
-            ["figures/bias.png"]))
+            f"at every measurement strength, bias(M={views[0]}) > bias(M={views[-1]}), paired "
+            "by encoder (both measured on the same encoder)",
+            all_of(*parts, correction="holm"), ["figures/bias.png"]))
         lo, hi = meas[0], meas[-1]
         at_lo = [_rel_floor(r, lo) for r in default_enc]
         at_hi = [_rel_floor(r, hi) for r in default_enc]
@@ -282,9 +392,9 @@ def write_report(run: RunDir) -> Path:
             "to the class prototype",
             f"relative bias at M → ∞ (InfoNCE encoders): measured at strength {lo} "
             f"{summarize(at_lo).format()}, at strength {hi} {summarize(at_hi).format()}",
-            f"compare(bias at strength {lo}, bias at strength {hi}) > 2 s.e., "
-            f"≥ {MIN_SEEDS} seeds a side",
-            compare(at_lo, at_hi, min_n=MIN_SEEDS), ["figures/bias.png"]))
+            f"bias at strength {lo} > bias at strength {hi}, paired by encoder",
+            compare(at_lo, at_hi, paired=True, label=f"strength {lo} − strength {hi}"),
+            ["figures/bias.png"]))
         # Two views of the same question: across every healthy encoder of the grid's training
         # set (losses, strengths, seeds differ), and across the InfoNCE strength sweep only
         # (the augmentation is the one thing that changes).
@@ -295,15 +405,15 @@ def write_report(run: RunDir) -> Path:
                  f"non-collapsed encoders trained on the {grid_data.replace('_', '-')} set"),
                 (sweep, "across the augmentation-strength sweep",
                  "InfoNCE encoders trained at different augmentation strengths")):
-            verdict, rho, p = spearman_rule([_rel_floor(r, default_key) for r in rows],
-                                            _values(rows, "linear_acc"))
+            test = spearman_test([_rel_floor(r, default_key) for r in rows],
+                                 _values(rows, "linear_acc"), label="ρ(bias, linear probe)")
             rep.add_claim(Claim(
                 "A lower prototype representation bias goes with higher linear-probe accuracy"
                 f" ({label})",
-                f"Spearman ρ(relative bias M → ∞ at strength {default_key}, linear probe) = "
-                f"{fmt(rho)} (p = {fmt(p)}, n = {len(rows)} {where})",
-                "holds if ρ < 0 with p < 0.05; does not hold if ρ > 0 with p < 0.05",
-                verdict, ["figures/bias.png"]))
+                f"relative bias M → ∞ at strength {default_key} vs linear probe, "
+                f"{len(rows)} {where}",
+                "holds if ρ < 0 (the interval below 0); does not hold if ρ > 0",
+                test, ["figures/bias.png"]))
 
     rep.section("Limits", _limits(cfg))
     return rep.write()

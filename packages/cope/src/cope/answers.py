@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NUMBER = r"[-+−]?\s?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
+# Exponents are part of a number: "1e400" must not be read as 1 (it is inf: not a match).
+NUMBER = r"[-+−]?\s?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+−]?\d+)?(?:/\d+)?"
 _ANSWER_RE = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(NUMBER)
 _BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")

@@ -51,6 +51,11 @@ class Generation:
         return sum(self.completion_tokens)
 
 
+class BackendAuthError(ConfigError):
+    """An endpoint refused the credentials (401/403): every later call would fail too, so
+    the run stops at once instead of recording the same failure on every problem."""
+
+
 class Backend(Protocol):
     name: str
 
@@ -331,6 +336,11 @@ class OpenAIBackend:
                 last = err
                 if attempt < self.max_retries:
                     time.sleep(self.backoff_s * 2**attempt * (1 + random.random()))
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+                raise BackendAuthError(
+                    f"model {self.name!r} at {self.client.base_url}: the endpoint refused the "
+                    f"credentials ({err.status_code}: {err.message}); set the API key in the "
+                    "variable named by models[].api_key_env") from err
             except openai.APIError as err:  # 4xx other than 429: retrying will not help
                 last = err
                 break

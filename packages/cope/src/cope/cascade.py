@@ -20,8 +20,13 @@ run alone. Samples are i.i.d., so a method asking for fewer samples than are sto
 the first ones, and one asking for more gets the missing ones generated.
 
 Cost is the paid (large) models' price × tokens, per problem, stage, model and role, in
-a ledger. A budget cap stops escalation once a method has spent it: the problem keeps the
-best answer it has so far.
+a ledger. A budget cap applies to every paid stage of every method, the first one
+included: once a method has spent it, no further problem enters a paid stage, and each
+keeps the best answer it has so far (none for a method whose only stage is paid).
+
+Problems may carry a conversation (``Problem.context``, from ``cope serve``): earlier
+turns go before the templated question, a client's system message joins the configured
+one. ``Problem.copy`` separates independent copies of the same problem (n choices).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cope.backends import Backend, Generation, Message
+from cope.backends import Backend, BackendAuthError, Generation, Message
 from cope.tasks import (
     Problem,
     PromptConfig,
@@ -109,6 +114,9 @@ class Limits:
     answer_max_tokens: int = 32
     plan_stop: list[str] = field(default_factory=lambda: ["\n"])
     answer_stop: list[str] = field(default_factory=lambda: ["\n\n"])
+    # Stored length of each model output (plans and executions): a runaway or hostile
+    # endpoint must not turn one reply into a 100 MB record; cut outputs are counted.
+    max_output_chars: int = 4000
 
 
 # ---------------------------------------------------------------- engine: calls, cache, ledger
@@ -175,6 +183,8 @@ class Engine:
                 gens = self.backends[model].generate(
                     [c.messages for c in group], n=need, temperature=temperature,
                     max_tokens=max_tokens, stop=list(stop) or None, seed=next(self.seeds))
+            except BackendAuthError:  # bad credentials fail every call: stop the run
+                raise
             except Exception as err:  # a failed backend is a recorded outcome per problem
                 gens = [Generation([], error=f"{type(err).__name__}: {err}") for _ in group]
             for call, gen in zip(group, gens):
@@ -211,6 +221,7 @@ class ProblemState:
     errors: list[str] = field(default_factory=list)
     best: Any = None
     settled: dict | None = None
+    truncated: int = 0  # outputs cut to limits.max_output_chars
 
     @property
     def cost(self) -> float:
@@ -242,7 +253,7 @@ def run_method(method: MethodConfig, problems: Sequence[Problem], engine: Engine
             break
         stage_is_paid = engine.paid(stage.executor) or bool(
             stage.planner and engine.paid(stage.planner))
-        if index > 0 and stage_is_paid and budget.exhausted:
+        if stage_is_paid and budget.exhausted:
             for st in active:
                 _settle(st, index, "budget_cap", st.best, method)
             break
@@ -286,12 +297,16 @@ def _plan(method: MethodConfig, stage: StageConfig, index: int, active: list[Pro
     need = [st for st in active
             if not (method.reuse_plans and len(st.plans.get(stage.planner, [])) >= stage.plans)]
     large = engine.paid(stage.planner)
-    calls = [Call(stage.planner, "plan", plan_prompt(prompts, st.problem.question, large),
+    calls = [Call(stage.planner, "plan",
+                  with_context(plan_prompt(prompts, st.problem.question, large),
+                               st.problem.context),
                   stage.plans, stage.plan_temperature, limits.plan_max_tokens,
-                  tuple(limits.plan_stop)) for st in need]
+                  tuple(limits.plan_stop), slot=COPY_SLOTS * st.problem.copy) for st in need]
     for st, result in zip(need, engine.run(calls)):
         _charge(st, method, index, stage.planner, "plan", result, engine)
-        st.plans[stage.planner] = [clean_plan(t) for t in result.texts]
+        texts, cut = _cap(result.texts, limits.max_output_chars)
+        st.truncated += cut
+        st.plans[stage.planner] = [clean_plan(t) for t in texts]
     for st in active:
         if st not in need:  # plan reuse: logged at zero cost so the ledger shows it
             _charge(st, method, index, stage.planner, "plan",
@@ -309,9 +324,11 @@ def _execute(method: MethodConfig, stage: StageConfig, index: int, active: list[
         messages_list = ([execute_prompt(prompts, q, p) for p in plans] if stage.planner
                          else [direct_prompt(prompts, q)])
         for plan_index, messages in enumerate(messages_list):
-            calls.append(Call(stage.executor, "execute", messages, stage.executions_per_plan,
-                              stage.temperature, limits.answer_max_tokens,
-                              tuple(limits.answer_stop), slot=plan_index))
+            calls.append(Call(stage.executor, "execute",
+                              with_context(messages, st.problem.context),
+                              stage.executions_per_plan, stage.temperature,
+                              limits.answer_max_tokens, tuple(limits.answer_stop),
+                              slot=plan_index + COPY_SLOTS * st.problem.copy))
             owners.append((st, plan_index))
     results = engine.run(calls)
     per_problem: dict[int, list[tuple[int, Result]]] = {}
@@ -319,10 +336,12 @@ def _execute(method: MethodConfig, stage: StageConfig, index: int, active: list[
         per_problem.setdefault(id(st), []).append((plan_index, result))
     for st in active:
         rules = rules_for(st.problem.task_type)
-        stage_cost, texts, answers, plan_of = 0.0, [], [], []
+        stage_cost, texts, answers, plan_of, truncated = 0.0, [], [], [], 0
         for plan_index, result in per_problem.get(id(st), []):
             stage_cost += _charge(st, method, index, stage.executor, "execute", result, engine)
-            for text in result.texts:
+            capped, cut = _cap(result.texts, limits.max_output_chars)
+            truncated += cut
+            for text in capped:
                 texts.append(text)
                 answers.append(rules.extract(text))
                 plan_of.append(plan_index)
@@ -339,7 +358,35 @@ def _execute(method: MethodConfig, stage: StageConfig, index: int, active: list[
             "outputs": texts, "answers": answers, "plan_of_output": plan_of,
             "votes": vote.counts, "top": vote.top, "share": vote.share,
             "malformed": vote.n_malformed, "threshold": stage.threshold, "cost_usd": stage_cost,
+            "truncated_outputs": truncated,
         })
+        st.truncated += truncated
+
+
+COPY_SLOTS = 1_000_000  # slot offset per problem copy: copies never share stored samples
+
+
+def _cap(texts: list[str], max_chars: int) -> tuple[list[str], int]:
+    """Outputs cut to `max_chars` (0 = no cap), and how many were cut."""
+    if max_chars <= 0:
+        return list(texts), 0
+    return [t[:max_chars] for t in texts], sum(len(t) > max_chars for t in texts)
+
+
+def with_context(messages: list[Message], context: Sequence[Message]) -> list[Message]:
+    """Earlier conversation turns before the final (templated) user message.
+
+    A system message in the context joins the configured system message: chat templates
+    accept one system message, first.
+    """
+    if not context:
+        return messages
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    system += [m["content"] for m in context if m["role"] == "system"]
+    turns = [m for m in messages[:-1] if m["role"] != "system"]
+    turns += [m for m in context if m["role"] != "system"]
+    head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+    return head + turns + [messages[-1]]
 
 
 def _settle(st: ProblemState, stage: int, reason: str, answer: Any,
@@ -361,4 +408,5 @@ def _record(st: ProblemState) -> dict:
         "settled_stage": settled["stage"], "reason": settled["reason"],
         "stages_run": len(st.stages), "cost_usd": st.cost, "tokens": tokens,
         "stages": st.stages, "ledger": st.ledger, "errors": st.errors,
+        "truncated_outputs": st.truncated,
     }

@@ -17,9 +17,24 @@ EPILOG = """examples:
   cope reproduce --scale smoke --out /tmp/runs
   cope reproduce --scale cpu --set data.size=20 --set budget_usd=0.0002
   cope reproduce --scale cpu --run-name cpu-1 --resume        # continue a killed run
+  cope reproduce --tasks my_tasks.jsonl --set data.limit=50   # your own problems
+  cope reproduce --config my.yaml --set models.1.base_url=http://127.0.0.1:8001/v1
   cope report runs/cope/latest
   cope bench
   cope serve --scale cpu --port 8000                          # COPE as one chat model
+
+task file (--tasks FILE, or --set data.source=jsonl --set data.path=FILE): one JSON
+object per line, e.g.
+  {"id": "p1", "question": "What is 6 - 9 + 2?", "answer": "-1"}
+  {"id": "c1", "task_type": "code", "question": "Write add(a, b).",
+   "tests": ["assert add(1, 2) == 3"]}
+fields: id (unique; default: line number), question (required), answer (required for
+math), task_type (math | code, default math), tests (code: a list of assert statements).
+The whole file runs unless --set data.limit=N asks for fewer; every line is checked
+before any model loads.
+
+exit status: 0 ok; 2 bad input or config (the message names the option/file/line);
+3 the run finished but a method failed on every problem (see the report's top).
 """
 
 
@@ -67,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "reproduce":
-            print(reproduce(args))
+            path, failed = reproduce(args)
+            print(path)
+            if failed:
+                print(f"error: method(s) {', '.join(failed)} failed on every problem (see "
+                      f"the top of {path}); their claims are inconclusive", file=sys.stderr)
+                return 3
         elif args.command == "report":
             from cope.report import build_report
 
@@ -93,6 +113,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. data.size=10 (repeatable)")
     p.add_argument("--accelerator", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--config", dest="config_file", default=None, metavar="FILE",
+                   help="a YAML file merged over the scale's config (lists such as models "
+                        "are replaced whole; use --set models.1.base_url=... to change one "
+                        "entry)")
+    p.add_argument("--tasks", default=None, metavar="FILE",
+                   help="a JSONL task file (format below); = --set data.source=jsonl "
+                        "--set data.path=FILE")
+
+
+def _load_config(args: argparse.Namespace, extra: list[str] = ()):
+    from cope.config import load
+
+    overrides = list(args.overrides) + list(extra)
+    if args.tasks:
+        overrides = ["data.source=jsonl", f"data.path={json.dumps(str(args.tasks))}",
+                     *overrides]
+    return load(args.scale, overrides, args.config_file)
 
 
 def _threads(n: int) -> None:
@@ -102,23 +139,34 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def reproduce(args: argparse.Namespace) -> Path:
-    from cope.config import load
-    from cope.experiments import build_backends, resolve_device, run_experiment
-    from cope.report import build_report
-    from cope.tasks import load_problems
+def reproduce(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Run and report; returns the report and the methods that failed on every problem."""
+    from cope.experiments import (
+        DATA_FILE,
+        build_backends,
+        check_resume,
+        resolve_device,
+        run_experiment,
+    )
+    from cope.report import build_report, failed_methods
+    from cope.sandbox import isolation
+    from cope.tasks import describe_data, load_problems
 
-    overrides = list(args.overrides)
-    if args.seeds:
-        overrides.append(f"seeds={parse_seeds(args.seeds)}")
-    cfg = load(args.scale, overrides)
+    extra = [f"seeds={parse_seeds(args.seeds)}"] if args.seeds else []
+    cfg = _load_config(args, extra)
     device = resolve_device(args.accelerator)
-    load_problems(cfg.data)  # a bad data option fails here, before any model loads
+    # a bad data option or task file fails here, before any model loads
+    problems = load_problems(cfg.data)
+    data_info = describe_data(cfg.data, problems)
     run = RunDir("cope", args.run_name or default_run_name(args.scale), root=args.out,
                  resume=args.resume)
     if args.resume and (run.path / "config.yaml").exists():
+        check_resume(run, cfg, data_info)
         logging.getLogger("cope").info("resuming %s", run.path)
     run.save_config(cfg)
+    run.write_json(DATA_FILE, data_info)
+    if "code" in data_info["task_types"]:
+        run.write_json("sandbox.json", isolation())
     run.save_environment()
     _threads(cfg.threads)
     backends = build_backends(cfg.roster(), device)
@@ -129,7 +177,7 @@ def reproduce(args: argparse.Namespace) -> Path:
         backends.close()
     logging.getLogger("cope").info("%d new problems, %d resumed", summary["new_problems"],
                                    summary["skipped"])
-    return build_report(run.path.resolve())
+    return build_report(run.path.resolve()), failed_methods(run.path.resolve())
 
 
 def serve(args: argparse.Namespace) -> None:

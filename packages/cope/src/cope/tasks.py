@@ -1,8 +1,24 @@
 """Problems, prompts, and the per-task-type rules: extraction, voting/confidence, checking.
 
 Offline problems come from `reasoning-gym` (procedurally generated, fixed seed and size)
-or a JSONL file of {"id", "question", "answer"}; GSM8K, MATH-500 and MBPP come from the
-hub through `datasets` (online only).
+or a task file (JSONL, format below); GSM8K, MATH-500 and MBPP come from the hub through
+`datasets` (online only).
+
+Task file: one JSON object per line (blank lines are skipped)::
+
+    {"id": "p1", "question": "What is 6 - 9 + 2?", "answer": "-1"}
+    {"id": "c1", "task_type": "code", "question": "Write add(a, b).",
+     "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
+
+- ``id``: string or integer, unique in the file (default: the line number);
+- ``question``: non-empty string, the problem as the model sees it;
+- ``answer``: required for ``math`` (the gold answer, compared numerically or with
+  math-verify); optional for ``code``;
+- ``task_type``: ``math`` (default) or ``code``;
+- ``tests``: ``code`` only, a non-empty list of assert statements (strings); the first
+  ``visible_tests`` decide the vote's confidence, all of them decide correctness.
+Every line is checked before any model loads; errors name the file and line. The whole
+file runs unless ``data.limit`` asks for fewer (``data.size`` is for generated problems).
 
 Confidence per task type (as in the paper): for math, the majority answer's vote share;
 for code, the pass rate of the best sampled program on the tests shown in the prompt.
@@ -29,7 +45,12 @@ class Problem:
     answer: str
     task_type: str = "math"  # math | code
     tests: list[str] = field(default_factory=list)  # code: assert statements
+    # `cope serve`: earlier turns of the conversation, and which independent copy this is
+    context: list[Message] = field(default_factory=list)
+    copy: int = 0
 
+
+TASK_TYPES = ("math", "code")
 
 @dataclass
 class DataConfig:
@@ -38,7 +59,8 @@ class DataConfig:
     options: dict = field(default_factory=dict)  # reasoning-gym dataset options
     size: int = 40
     seed: int = 1
-    path: str = ""  # jsonl source
+    path: str = ""  # jsonl source (a task file; see the module docstring for the format)
+    limit: int = 0  # jsonl: at most this many problems (0 = the whole file)
 
 
 def load_problems(cfg: DataConfig) -> list[Problem]:
@@ -56,29 +78,104 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
         return [Problem(id=f"{cfg.name}-{cfg.seed}-{i}", question=x["question"],
                         answer=str(x["answer"])) for i, x in enumerate(ds)]
     if cfg.source == "jsonl":
-        return _load_jsonl(Path(cfg.path), cfg.size)
+        problems = load_task_file(cfg.path)
+        return problems[:cfg.limit] if cfg.limit > 0 else problems
     if cfg.source in ("gsm8k", "math500", "mbpp"):
         return _load_hub(cfg)
     raise ConfigError(f"data.source must be reasoning_gym, jsonl, gsm8k, math500 or mbpp, "
                       f"got {cfg.source!r}")
 
 
-def _load_jsonl(path: Path, size: int) -> list[Problem]:
-    if not path.is_file():
-        raise DatasetError(f"data.path: {path} does not exist")
-    problems = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            problems.append(Problem(id=str(row.get("id", line_no)), question=row["question"],
-                                    answer=str(row.get("answer", "")),
-                                    task_type=row.get("task_type", "math"),
-                                    tests=list(row.get("tests", []))))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DatasetError(f"{path}:{line_no}: malformed problem ({err})") from err
-    return problems[:size]
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_data(cfg: DataConfig, problems: Sequence[Problem]) -> dict:
+    """What the report says about the problems: source, task file and its sha256, types."""
+    out: dict[str, Any] = {"source": cfg.source, "problems": len(problems),
+                           "task_types": dict(sorted(
+                               {t: sum(p.task_type == t for p in problems)
+                                for t in {p.task_type for p in problems}}.items()))}
+    if cfg.source == "jsonl":
+        out["path"] = str(Path(cfg.path).resolve())
+        out["sha256"] = file_sha256(cfg.path)
+    else:
+        out["name"] = cfg.name
+        out["options"] = cfg.options
+    return out
+
+
+def load_task_file(path: str | Path, max_errors: int = 10) -> list[Problem]:
+    """Every line of a task file, validated; a bad file raises one error listing the bad lines."""
+    path = Path(path)
+    if not str(path) or not path.is_file():
+        raise DatasetError(f"task file {path}: does not exist (data.path / --tasks)")
+    problems: list[Problem] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                problem = _parse_task(json.loads(line), line_no)
+            except json.JSONDecodeError as err:
+                errors.append(f"{path}:{line_no}: not valid JSON ({err.msg})")
+                continue
+            except ValueError as err:
+                errors.append(f"{path}:{line_no}: {err}")
+                continue
+            if problem.id in seen:
+                errors.append(f"{path}:{line_no}: duplicate id {problem.id!r} (first on line "
+                              f"{seen[problem.id]})")
+                continue
+            seen[problem.id] = line_no
+            problems.append(problem)
+    if errors:
+        more = f"\n... and {len(errors) - max_errors} more" if len(errors) > max_errors else ""
+        raise DatasetError(f"task file {path}: {len(errors)} bad line(s):\n"
+                           + "\n".join(errors[:max_errors]) + more)
+    if not problems:
+        raise DatasetError(f"task file {path}: no problems (the file is empty)")
+    return problems
+
+
+def _parse_task(row: Any, line_no: int) -> Problem:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - {"id", "question", "answer", "task_type", "tests"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; known: id, question, answer, "
+                         "task_type, tests")
+    pid = row.get("id", line_no)
+    if not isinstance(pid, str | int) or isinstance(pid, bool) or str(pid) == "":
+        raise ValueError(f"id must be a non-empty string or an integer, got {pid!r}")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("question must be a non-empty string")
+    task_type = row.get("task_type", "math")
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    answer = row.get("answer")
+    if task_type == "math" and (answer is None or str(answer).strip() == ""
+                                or isinstance(answer, dict | list | bool)):
+        raise ValueError("a math task needs an answer (a number or expression)")
+    tests = row.get("tests", [])
+    if not isinstance(tests, list) or not all(isinstance(t, str) and t.strip() for t in tests):
+        raise ValueError(f"tests must be a list of non-empty strings (assert statements), "
+                         f"got {type(tests).__name__}")
+    if task_type == "code" and not tests:
+        raise ValueError("a code task needs tests (a list of assert statements)")
+    if task_type == "math" and tests:
+        raise ValueError("tests are for code tasks; this task is math")
+    return Problem(id=str(pid), question=question, answer="" if answer is None else str(answer),
+                   task_type=task_type, tests=list(tests))
 
 
 def _load_hub(cfg: DataConfig) -> list[Problem]:

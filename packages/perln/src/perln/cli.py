@@ -9,13 +9,15 @@ import resource
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 from perln import config as config_mod
 from perln.config import PerlnConfig
 from reprokit.config import load_config, parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
 from reprokit.runs import RunDir, default_run_name
-from reprokit.runtime import setup
+from reprokit.runtime import select_accelerator, setup
 
 log = logging.getLogger("perln")
 
@@ -24,9 +26,22 @@ def _devices(text: str):
     return int(text) if str(text).isdigit() else text
 
 
+def _load_corpus(cfg: PerlnConfig):
+    """(train, val) tokens; sets the model's vocabulary from the tokenizer."""
+    from perln.data import load_tokens
+
+    log.info("loading corpus %s with tokenizer %s", cfg.data.source, cfg.data.tokenizer)
+    train, val, tokenizer = load_tokens(cfg.data)
+    cfg.model = replace(cfg.model, vocab_size=int(tokenizer.vocab_size))
+    if train.numel() <= cfg.model.block_size + 1 or val.numel() <= cfg.model.block_size + 1:
+        raise ConfigError(f"data.source={cfg.data.source!r} has fewer tokens than one "
+                          f"training window of {cfg.model.block_size + 1}")
+    return train, val
+
+
 def reproduce(args: argparse.Namespace) -> None:
-    from perln.data import load_tokens, save_tokens
-    from perln.experiments import run_sweep
+    from perln.data import save_tokens
+    from perln.experiments import check_strategy, run_sweep, training_precision
     from perln.report import build_report
 
     overrides = list(args.set or [])
@@ -38,8 +53,8 @@ def reproduce(args: argparse.Namespace) -> None:
     name = os.environ.get("PERLN_RUN_NAME") if child else None
     name = name or args.run_name or default_run_name(args.scale)
     os.environ["PERLN_RUN_NAME"] = name
-    if child:
-        run = RunDir("perln", name, root=args.out, resume=True)
+    if child:  # reads the run folder, writes nothing (rank 0 writes every file)
+        run = SimpleNamespace(path=Path(args.out) / "perln" / name, log=lambda record: None)
         cfg = load_config(PerlnConfig, run.path / "config.yaml")
         run_sweep(cfg, run, run.path / "tokens.pt", args.accelerator, _devices(args.devices))
         return
@@ -52,18 +67,19 @@ def reproduce(args: argparse.Namespace) -> None:
                               "start a new --run-name instead")
         cfg = load_config(PerlnConfig, run.path / "config.yaml")
         cfg.validate()
+        check_strategy(cfg, select_accelerator(args.accelerator))
+        tokens = None
     else:
-        cfg = config_mod.load(args.scale, overrides)  # validated before any folder is made
+        # Everything that can fail on bad input (config, strategy, corpus) happens before the
+        # run folder exists, so a failed start leaves no empty folder and `latest` unmoved.
+        cfg = config_mod.load(args.scale, overrides)
+        check_strategy(cfg, select_accelerator(args.accelerator))
+        tokens = _load_corpus(cfg)
         run = RunDir("perln", name, root=args.out)
-    runtime = setup(args.accelerator, cfg.train.precision)
+    runtime = setup(args.accelerator, training_precision(cfg, select_accelerator(args.accelerator)))
     tokens_path = run.path / "tokens.pt"
     if not tokens_path.exists():
-        log.info("loading corpus %s with tokenizer %s", cfg.data.source, cfg.data.tokenizer)
-        train, val, tokenizer = load_tokens(cfg.data)
-        cfg.model = replace(cfg.model, vocab_size=int(tokenizer.vocab_size))
-        if train.numel() <= cfg.model.block_size + 1 or val.numel() <= cfg.model.block_size + 1:
-            raise ConfigError(f"data.source={cfg.data.source!r} has fewer tokens than one "
-                              f"training window of {cfg.model.block_size + 1}")
+        train, val = tokens if tokens is not None else _load_corpus(cfg)
         save_tokens(tokens_path, train, val)
     run.save_config(cfg)
     run.save_environment(runtime)

@@ -23,8 +23,10 @@ import torch
 from perln.config import PerlnConfig
 from perln.data import StepBatches, read_tokens
 from perln.module import PeriodicCheckpoint, PerlnModule
+from perln.model import FP16_MAX
 from perln.probes import count_spikes
 from reprokit.data.text import TokenStream
+from reprokit.errors import ConfigError
 from reprokit.progress import progress_enabled, track, trainer_progress_kwargs
 from reprokit.progress import quiet_lightning as reprokit_quiet_lightning
 from reprokit.runs import RunDir
@@ -39,16 +41,45 @@ class Arm:
     placement: str
     lr: float
     seed: int
+    frozen_gain: bool = False  # the ablation: Peri-LN with its output-norm gains γ frozen
+
+    @property
+    def variant(self) -> str:
+        """What the report groups by: the placement, or ``peri-frozen`` for the ablation."""
+        return f"{self.placement}-frozen" if self.frozen_gain else self.placement
 
     @property
     def name(self) -> str:
-        return f"{self.placement}-lr{self.lr:g}-seed{self.seed}"
+        return f"{self.variant}-lr{self.lr:g}-seed{self.seed}"
 
 
 def arms_of(cfg: PerlnConfig) -> list[Arm]:
-    """Seeds outermost: a sweep cut short still has every placement and lr for its first seeds."""
+    """Seeds outermost: a sweep cut short still has every placement and lr for its first
+    seeds; the frozen-gain ablation comes after the placements of each seed."""
     s = cfg.sweep
-    return [Arm(p, float(lr), int(seed)) for seed in s.seeds for lr in s.lrs for p in s.placements]
+    arms = []
+    for seed in s.seeds:
+        grid = sorted({float(lr) for p in s.placements for lr in cfg.lrs_of(p)})
+        arms += [Arm(p, lr, int(seed)) for lr in grid for p in s.placements
+                 if any(math.isclose(lr, x) for x in cfg.lrs_of(p))]
+        arms += [Arm("peri", float(lr), int(seed), frozen_gain=True) for lr in s.frozen_gain_lrs]
+    return arms
+
+
+def check_strategy(cfg: PerlnConfig, accelerator: str) -> None:
+    """Lightning runs FSDP on GPUs only: refuse it on CPU before any folder or process."""
+    if str(cfg.train.strategy).startswith("fsdp") and accelerator != "cuda":
+        raise ConfigError(
+            f"train.strategy={cfg.train.strategy} needs CUDA GPUs (Lightning's FSDP refuses "
+            f"the {accelerator} accelerator); on CPU use train.strategy=ddp with --devices N")
+
+
+def training_precision(cfg: PerlnConfig, accelerator: str) -> str:
+    """The precision asked of reprokit.runtime: an fp16 stream on a GPU means real fp16
+    autocast (16-mixed, with Lightning's GradScaler), unless a precision was set by hand."""
+    if cfg.train.stream_dtype == "fp16" and accelerator == "cuda" and cfg.train.precision == "auto":
+        return "16-mixed"
+    return cfg.train.precision
 
 
 def result_path(run_path: Path, arm: Arm) -> Path:
@@ -85,7 +116,8 @@ def build_module(cfg: PerlnConfig, arm: Arm, val_tokens: torch.Tensor,
     val_stream = TokenStream(val_tokens, cfg.model.block_size)
     probe_idx = val_stream.fixed_batches(cfg.probe.batch_size, 1)[0][0]
     val_batches = val_stream.fixed_batches(cfg.train.batch_size, cfg.train.eval_batches)
-    model_cfg = replace(cfg.model, norm_placement=arm.placement)
+    model_cfg = replace(cfg.model, norm_placement=arm.placement,
+                        freeze_output_gain=cfg.model.freeze_output_gain or arm.frozen_gain)
     return PerlnModule(model_cfg, cfg.train, cfg.probe, arm.lr, probe_idx, val_batches,
                        instrument=instrument)
 
@@ -97,7 +129,8 @@ def run_arm(cfg: PerlnConfig, arm: Arm, run_path: Path, tokens_path: Path,
     quiet_lightning()
     run_path = Path(run_path)
     started, cpu_started = time.perf_counter(), time.process_time()
-    runtime = setup(accelerator, cfg.train.precision, threads, seed=arm.seed)
+    accelerator = select_accelerator(accelerator)
+    runtime = setup(accelerator, training_precision(cfg, accelerator), threads, seed=arm.seed)
     train_tokens, val_tokens = read_tokens(tokens_path)
     module = build_module(cfg, arm, val_tokens)  # seeded: the same init for every placement
     ckpt = run_path / "checkpoints" / arm.name / "last.ckpt"
@@ -134,11 +167,20 @@ def summarize_arm(cfg: PerlnConfig, arm: Arm, history: dict, diverged: dict | No
     skip = int(cfg.train.warmup_fraction * cfg.train.steps)
     evals = history["evals"]
     final_val = evals[-1]["val_loss"] if evals and diverged is None else float("nan")
+    # the stream's largest |x| over the training steps before divergence (at the step it
+    # diverged the stream may already be inf/NaN), and how often it passed fp16's maximum
+    end = diverged["step"] if diverged else len(history["step"])
+    peaks = [x for s, x in zip(history["step"], history.get("peak_abs", []), strict=False)
+             if s < end and math.isfinite(x)]
     return {
-        "arm": arm.name, "placement": arm.placement, "lr": arm.lr, "seed": arm.seed,
+        "arm": arm.name, "placement": arm.placement, "variant": arm.variant,
+        "frozen_gain": arm.frozen_gain, "lr": arm.lr, "seed": arm.seed,
         "steps": cfg.train.steps, "completed_steps": len(history["step"]),
         "diverged": diverged is not None, "divergence": diverged,
         "final_val_loss": final_val,
+        "peak_abs_before_divergence": max(peaks) if peaks else float("nan"),
+        "fp16_overflow_fraction": (sum(x > FP16_MAX for x in peaks) / len(peaks)
+                                   if peaks else float("nan")),
         # the loss falls through warmup, so a jump is a spike from the first steps on; the
         # gradient norm moves with the warming lr, so its spikes are judged after warmup
         "loss_spikes": count_spikes(history["loss"], p.loss_spike_factor, p.spike_window,
@@ -157,12 +199,15 @@ def run_sweep(cfg: PerlnConfig, run: RunDir, tokens_path: Path, accelerator: str
               devices="auto") -> list[dict]:
     """Train every arm without a result yet; return the summaries of those trained now."""
     accelerator = select_accelerator(accelerator)
+    check_strategy(cfg, accelerator)
     todo = [a for a in arms_of(cfg) if not result_path(run.path, a).exists()]
     done = len(arms_of(cfg)) - len(todo)
     if done:
         log.info("resuming: %d arm(s) already finished, %d to go", done, len(todo))
     workers = cfg.sweep.workers or default_workers(accelerator)
     workers = max(1, min(workers, len(todo))) if todo else 1
+    if devices not in (1, "1", "auto") or cfg.train.strategy not in ("auto", "single_device"):
+        workers = 1  # one multi-process Trainer at a time: every rank runs the arms in order
     threads = cfg.sweep.threads or max(1, available_cpus() // workers)
     summaries = []
 

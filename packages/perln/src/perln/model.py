@@ -7,8 +7,15 @@ Each block has two sublayers F (attention, then MLP). With ``Norm`` a LayerNorm 
     peri:  h = x + Norm_out(F(Norm_in(x)))    (Gemma 2/3, OLMo-2; the paper's "Peri-LN")
 
 Peri-LN normalizes what enters and what leaves each sublayer but never the residual
-stream itself. Pre-LN and Peri-LN end with a final norm before the head; Post-LN's stream
-is already normalized. Everything else is a plain small GPT: causal SDPA attention (flash
+stream itself; as the paper defines it, it also normalizes the embedding output
+(y0 = Norm(x_embed)), which is why ``embedding_norm="auto"`` turns that norm on for peri
+only (Pre-LN and Post-LN are defined without it). Pre-LN and Peri-LN end with a final norm
+before the head; Post-LN's stream is already normalized.
+
+``stream_dtype`` emulates a low-precision residual stream: the embedding output and each
+block's output are rounded to fp16 (or bf16) while every computation stays in fp32, which
+is how the paper's fp16 training overflows (Pre-LN's hidden states pass 65504 and turn into
+inf) at no extra cost on CPU. Everything else is a plain small GPT: causal SDPA attention (flash
 kernels on GPU), rotary or learned positions, GELU or SwiGLU MLP, tied embeddings,
 GPT-2 initialisation (std 0.02, residual projections scaled by 1/sqrt(2 L)).
 """
@@ -28,6 +35,22 @@ PLACEMENTS = ("pre", "post", "peri")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("rope", "learned")
 MLPS = ("gelu", "swiglu")
+EMBEDDING_NORMS = ("auto", "on", "off")
+STREAM_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+FP16_MAX = 65504.0
+
+
+def embedding_norm_on(setting, placement: str) -> bool:
+    """``auto``: on for peri (the paper's Peri-LN has it), off for pre and post."""
+    setting = _on_off(setting)
+    return placement == "peri" if setting == "auto" else setting == "on"
+
+
+def _on_off(setting) -> str:
+    # YAML reads a bare on/off/true/false as a boolean
+    if isinstance(setting, bool):
+        return "on" if setting else "off"
+    return str(setting)
 
 
 @dataclass
@@ -43,8 +66,8 @@ class ModelConfig:
     mlp: str = "gelu"
     mlp_ratio: float = 4.0
     bias: bool = False
-    embedding_norm: bool = False     # normalize the token embeddings before the first block
-    freeze_output_gain: bool = False  # Peri-LN ablation: output-norm gains fixed at 1
+    embedding_norm: str = "auto"     # auto (on for peri only) | on | off: Norm(x_embed)
+    freeze_output_gain: bool = False  # Peri-LN ablation: output-norm gains γ fixed at 1
     norm_eps: float = 1e-5
     init_std: float = 0.02
     rope_base: float = 10000.0
@@ -57,6 +80,9 @@ class ModelConfig:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.position not in POSITIONS:
             raise ConfigError(f"model.position must be one of {POSITIONS}, got {self.position!r}")
+        if _on_off(self.embedding_norm) not in EMBEDDING_NORMS:
+            raise ConfigError(f"model.embedding_norm must be one of {EMBEDDING_NORMS}, "
+                              f"got {self.embedding_norm!r}")
         if self.mlp not in MLPS:
             raise ConfigError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
@@ -161,8 +187,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         if cfg.freeze_output_gain and self.placement == "peri":
             for norm in (self.attn_out, self.mlp_out):
-                for p in norm.parameters():
-                    p.requires_grad_(False)
+                norm.weight.requires_grad_(False)  # only γ; a bias β (bias=True) still learns
 
     def sublayer(self, x: torch.Tensor, f: nn.Module, norm_in: nn.Module,
                  norm_out: nn.Module) -> torch.Tensor:
@@ -177,15 +202,33 @@ class Block(nn.Module):
         return self.sublayer(x, self.mlp, self.mlp_in, self.mlp_out)
 
 
+def round_to(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`x` rounded to `dtype` in the forward pass, the gradient passed straight through (as
+    if the stream were stored in fp16 under a perfect loss scale). Past fp16's range the
+    value becomes inf, and the loss NaN: fp16 overflow."""
+    if dtype is None:
+        return x
+    return x + (x.to(dtype).to(x.dtype) - x).detach()
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, stream_dtype: str = "fp32"):
         super().__init__()
         cfg.validate()
+        if stream_dtype not in STREAM_DTYPES:
+            raise ConfigError(f"train.stream_dtype must be one of {tuple(STREAM_DTYPES)}, "
+                              f"got {stream_dtype!r}")
         self.cfg = cfg
+        self.stream_dtype = STREAM_DTYPES[stream_dtype]
+        # set by the training module: keep the largest |x| of the stream of the last training
+        # forward (a device scalar, read to the host with the loss, no extra sync)
+        self.track_peak = False
+        self.peak: torch.Tensor | None = None
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) \
             if cfg.position == "learned" else None
-        self.emb_norm = make_norm(cfg) if cfg.embedding_norm else nn.Identity()
+        self.has_embedding_norm = embedding_norm_on(cfg.embedding_norm, cfg.norm_placement)
+        self.emb_norm = make_norm(cfg) if self.has_embedding_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.final_norm = make_norm(cfg) if cfg.norm_placement != "post" else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -216,12 +259,18 @@ class GPT(nn.Module):
                 return_hidden: bool = False):
         """Logits, the mean next-token cross-entropy (if `targets`), and, with `return_hidden`,
         the residual stream after each block (a list of L tensors, for the probes)."""
-        x = self.embed(idx)
-        hidden = []
+        x = round_to(self.embed(idx), self.stream_dtype)
+        hidden, peaks = [], []
+        track = self.track_peak and self.training
         for block in self.blocks:
             x = block(x)
+            if track:  # before rounding: how far past fp16's range the stream went
+                peaks.append(x.detach().abs().amax())
+            x = round_to(x, self.stream_dtype)
             if return_hidden:
                 hidden.append(x)
+        if track:
+            self.peak = torch.stack(peaks).amax()
         logits = self.head(self.final_norm(x))
         loss = None
         if targets is not None:

@@ -1,10 +1,12 @@
 """Lightning module: AdamW with warmup + cosine, clipping, and the paper's instrumentation.
 
-Per optimizer step the module keeps the loss and the global gradient norm *before clipping*
-as device tensors and reads them to the host every ``probe.sync_every`` steps (no per-step
+Per optimizer step the module keeps the loss, the global gradient norm *before clipping* and
+the largest |x| of the residual stream on the training batch as device tensors and reads them to the host every ``probe.sync_every`` steps (no per-step
 GPU sync). Every ``probe.every`` steps it probes the residual stream on a fixed batch and
 the per-layer gradient norms. A diverged run (NaN/Inf, or a loss beyond the bound) stops
-the trainer and is recorded as data.
+the trainer and is recorded as data. Under DDP the recorded loss is the mean over ranks and
+the stream peak the max over ranks (one all-reduce per host read), so the history describes
+the global batch.
 
 The history lives in the module and travels in its checkpoints, so a resumed arm ends with
 the same history as an uninterrupted one.
@@ -40,6 +42,7 @@ def lr_factor(step: int, total: int, warmup_fraction: float, min_ratio: float) -
 
 def new_history() -> dict:
     return {"step": [], "loss": [], "grad_norm": [], "lr": [],
+            "peak_abs": [],     # max |x| of the residual stream, training batch, any block
             "probes": [],       # {step, variance[L], max_abs[L]}: weights after `step` updates
             "grad_probes": [],  # {step, layer_grad_norm[L]}: gradient of optimizer step `step`
             "evals": []}        # {step, val_loss}
@@ -49,7 +52,8 @@ class PerlnModule(L.LightningModule):
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, probe_cfg: ProbeConfig,
                  lr: float, probe_idx: torch.Tensor, val_batches: list, instrument: bool = True):
         super().__init__()
-        self.model = GPT(model_cfg)
+        self.model = GPT(model_cfg, train_cfg.stream_dtype)
+        self.model.track_peak = instrument
         # a plain attribute, not a second registered child (that would duplicate the weights
         # in every state dict)
         self.__dict__["forward_fn"] = torch.compile(self.model) if train_cfg.compile \
@@ -60,10 +64,12 @@ class PerlnModule(L.LightningModule):
         self.detector = DivergenceDetector(
             probe_cfg.divergence_factor * math.log(model_cfg.vocab_size),
             probe_cfg.divergence_patience)
+        self.grad_scaled = False  # 16-mixed: an inf gradient is a skipped step, not divergence
         self.history = new_history()
         self.diverged: dict | None = None
         self._micro_losses: list[torch.Tensor] = []
-        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._micro_peaks: list[torch.Tensor] = []
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._last_probe = -1
 
     # ------------------------------------------------------------ training
@@ -72,7 +78,14 @@ class PerlnModule(L.LightningModule):
         _, loss = self.forward_fn(x, y)
         if self.instrument:
             self._micro_losses.append(loss.detach())
+            if self.model.peak is not None:
+                self._micro_peaks.append(self.model.peak)
         return loss
+
+    def on_fit_start(self) -> None:
+        # Lightning's 16-mixed runs a GradScaler, which skips steps whose gradients overflow
+        self.grad_scaled = str(self.trainer.precision).startswith("16")
+        self.detector.allow_inf_grad = self.grad_scaled
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -107,8 +120,11 @@ class PerlnModule(L.LightningModule):
             self.history["grad_probes"].append({"step": step, "layer_grad_norm": norms})
         loss = (torch.stack(self._micro_losses).mean() if self._micro_losses
                 else total * float("nan"))
+        peak = (torch.stack(self._micro_peaks).amax() if self._micro_peaks
+                else total * float("nan"))
         self._micro_losses.clear()
-        self._pending.append((step, loss, total))
+        self._micro_peaks.clear()
+        self._pending.append((step, loss, total, peak))
         if len(self._pending) >= self.probe_cfg.sync_every:
             self.flush()
 
@@ -132,15 +148,17 @@ class PerlnModule(L.LightningModule):
         """Read the pending losses and gradient norms to the host; check for divergence."""
         if not self._pending:
             return
-        steps = [s for s, _, _ in self._pending]
-        values = torch.stack([torch.stack([loss.float(), norm.float()])
-                              for _, loss, norm in self._pending]).cpu().tolist()
+        steps = [s for s, *_ in self._pending]
+        values = torch.stack([torch.stack([loss.float(), norm.float(), peak.float()])
+                              for _, loss, norm, peak in self._pending])
         self._pending.clear()
+        values = reduce_over_ranks(values).cpu().tolist()
         t = self.train_cfg
-        for step, (loss, norm) in zip(steps, values, strict=True):
+        for step, (loss, norm, peak) in zip(steps, values, strict=True):
             self.history["step"].append(step)
             self.history["loss"].append(loss)
             self.history["grad_norm"].append(norm)
+            self.history["peak_abs"].append(peak)
             self.history["lr"].append(self.lr * lr_factor(step, t.steps, t.warmup_fraction,
                                                           t.min_lr_ratio))
             reason = self.detector.update(loss, norm)
@@ -182,6 +200,19 @@ class PerlnModule(L.LightningModule):
         self.history = state.get("history", new_history())
         self.diverged = state.get("diverged")
         self.detector.load_state_dict(state.get("detector", {}))
+
+
+def reduce_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Rows of (loss, grad norm, peak |x|): the loss averaged over DDP ranks, the peak their
+    max (the gradient norm is already the same on every rank after DDP's all-reduce)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    loss = values[:, :1].clone()
+    peak = values[:, 2:].clone()
+    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return torch.cat([loss / dist.get_world_size(), values[:, 1:2], peak], dim=1)
 
 
 class PeriodicCheckpoint(Callback):

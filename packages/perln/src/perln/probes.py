@@ -62,15 +62,18 @@ class DivergenceDetector:
     """Diverged: a NaN/Inf loss or gradient norm, or a loss above `bound` for `patience`
     steps in a row. A single jump that recovers is a loss spike, counted elsewhere."""
 
-    def __init__(self, bound: float, patience: int):
+    def __init__(self, bound: float, patience: int, allow_inf_grad: bool = False):
         self.bound, self.patience = bound, patience
+        # under a GradScaler (fp16 autocast) an overflowing gradient is skipped and the scale
+        # lowered: that is routine, not divergence; a non-finite loss still is
+        self.allow_inf_grad = allow_inf_grad
         self.above = 0
 
     def update(self, loss: float, grad_norm: float) -> str | None:
         """Feed one step; return why training has diverged at this step, or None."""
         if not math.isfinite(loss):
             return f"loss is {loss}"
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm) and not self.allow_inf_grad:
             return f"gradient norm is {grad_norm}"
         self.above = self.above + 1 if loss > self.bound else 0
         if self.above >= self.patience:

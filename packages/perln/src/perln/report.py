@@ -3,6 +3,14 @@
 Reads ``config.yaml``, ``arms/*.json`` (one result per arm, with its history), the token file
 and the best arm's final weights; computes every number and verdict; draws the figures.
 The decision rule of each claim is written next to it, in code and in the table.
+
+Statistics: every comparison is a t-test over seeds from ``reprokit.report`` (95% interval,
+at least ``MIN_SEEDS`` seeds a side). Placements are *paired* by seed: for a given seed every
+placement starts from the same initial weights and draws the same batches, so the tests run
+on per-seed differences. A claim with several parts holds only if every part holds, with
+Holm's correction across the parts. A diverged arm counts as data: in loss comparisons its
+loss is that of a uniform guess (ln V), in the stability count it is one event, and its
+activations before divergence enter claim 4.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import torch
 from perln.config import PerlnConfig
 from perln.data import read_tokens
 from perln.experiments import LOSS_SPIKE_MIN_HISTORY
-from perln.model import GPT
+from perln.model import FP16_MAX, GPT, embedding_norm_on
 from reprokit.config import load_config
 from reprokit.data.text import get_tokenizer
 from reprokit.report import (
@@ -33,13 +41,14 @@ from reprokit.report import (
     plot_band,
     save_figure,
     summarize,
-    threshold,
 )
 from reprokit.runs import RunDir
 
-COLORS = {"pre": "tab:red", "peri": "tab:blue", "post": "tab:green"}
-FP16_MAX = 65504.0
+COLORS = {"pre": "tab:red", "peri": "tab:blue", "post": "tab:green", "peri-frozen": "tab:purple"}
 LOSS_TOLERANCE = 0.01  # nats: "equal" loss for claim 3
+DECADE = 1.0           # "far beyond": a factor of 10
+MIN_SEEDS = 3          # seeds a side before any comparison decides
+HOLM = "holm"
 
 
 def load_results(run_path: Path) -> list[dict]:
@@ -51,32 +60,73 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9)
 
 
+def variant_of(r: dict) -> str:
+    return r.get("variant") or r["placement"]
+
+
 class Results:
-    """Per-arm results grouped by (placement, lr), seeds in order."""
+    """Per-arm results grouped by (variant, lr): a variant is a placement or the frozen-gain
+    ablation ``peri-frozen``. ``seeds`` is the sorted union of seeds; values are per seed."""
 
     def __init__(self, results: list[dict], cfg: PerlnConfig):
         self.cfg = cfg
-        self.by: dict[tuple[str, float], list[dict]] = defaultdict(list)
-        for r in sorted(results, key=lambda r: r["seed"]):
-            lr = next((x for x in cfg.sweep.lrs if _close(x, r["lr"])), r["lr"])
-            self.by[(r["placement"], float(lr))].append(r)
-        self.placements = [p for p in cfg.sweep.placements if any(k[0] == p for k in self.by)]
-        self.lrs = sorted({k[1] for k in self.by})
+        self.by: dict[tuple[str, float], dict[int, dict]] = defaultdict(dict)
+        grid = sorted({float(x) for p in cfg.sweep.placements for x in cfg.lrs_of(p)}
+                      | {float(x) for x in cfg.sweep.frozen_gain_lrs})
+        for r in results:
+            lr = next((x for x in grid if _close(x, r["lr"])), float(r["lr"]))
+            self.by[(variant_of(r), lr)][int(r["seed"])] = r
+        order = list(cfg.sweep.placements) + ["peri-frozen"]
+        self.placements = [p for p in order if any(k[0] == p for k in self.by)]
+        self.seeds = sorted({int(r["seed"]) for r in results})
+        self.log_vocab = math.log(cfg.model.vocab_size)
 
-    def get(self, placement: str, lr: float) -> list[dict]:
-        return self.by.get((placement, float(lr)), [])
+    def lrs(self, variant: str | None = None) -> list[float]:
+        return sorted({lr for v, lr in self.by if variant is None or v == variant})
 
-    def values(self, placement: str, lr: float, fn) -> list[float]:
-        return [fn(r) for r in self.get(placement, lr)]
+    def get(self, variant: str, lr: float) -> list[dict]:
+        runs = self.by.get((variant, float(lr)), {})
+        return [runs[s] for s in sorted(runs)]
 
-    def best_lr(self, placement: str) -> float | None:
-        """The lr with the lowest mean final validation loss (diverged seeds count as +inf)."""
-        scores = {}
-        for lr in self.lrs:
-            vals = [r["final_val_loss"] for r in self.get(placement, lr)]
-            if vals:
-                scores[lr] = float(np.mean([v if math.isfinite(v) else math.inf for v in vals]))
+    def per_seed(self, variant: str, lr: float | None, fn) -> list[float]:
+        """`fn` of each seed's arm, aligned with ``self.seeds`` (NaN where missing), so two
+        variants' lists pair up seed by seed."""
+        runs = self.by.get((variant, float(lr)), {}) if lr is not None else {}
+        return [fn(runs[s]) if s in runs else float("nan") for s in self.seeds]
+
+    def values(self, variant: str, lr: float, fn) -> list[float]:
+        return [fn(r) for r in self.get(variant, lr)]
+
+    def loss(self, r: dict) -> float:
+        """Final validation loss; a diverged arm counts as a uniform guess, ln V."""
+        return self.log_vocab if r["diverged"] else r["final_val_loss"]
+
+    def best_lr(self, variant: str) -> float | None:
+        """The lr with the lowest mean final validation loss (a diverged seed counts as ln V,
+        so an lr where some seeds diverge is rarely best)."""
+        scores = {lr: float(np.nanmean(self.values(variant, lr, self.loss)))
+                  for lr in self.lrs(variant) if self.get(variant, lr)}
+        scores = {k: v for k, v in scores.items() if math.isfinite(v)}
         return min(scores, key=scores.get) if scores else None
+
+    def diverged(self, variant: str, lr: float) -> tuple[int, int]:
+        runs = self.get(variant, lr)
+        return sum(r["diverged"] for r in runs), len(runs)
+
+    def contrast_lr(self) -> float | None:
+        """Where claims 1, 2 and 4 are judged: ``sweep.contrast_lr`` if set, else the highest
+        lr shared by pre and peri at which no Pre-LN seed diverged."""
+        shared = [lr for lr in self.lrs("pre") if lr in self.lrs("peri")]
+        if self.cfg.sweep.contrast_lr is not None:
+            return next((x for x in shared if _close(x, self.cfg.sweep.contrast_lr)), None)
+        alive = [lr for lr in shared if self.diverged("pre", lr)[0] == 0]
+        return max(alive) if alive else (min(shared) if shared else None)
+
+    def lr_near(self, variant: str, target: float) -> float | None:
+        """`target` if `variant` ran it, else its highest lr below (post has a shorter grid)."""
+        lrs = self.lrs(variant)
+        below = [x for x in lrs if x <= target * (1 + 1e-9)]
+        return max(below) if below else (min(lrs) if lrs else None)
 
 
 # ---------------------------------------------------------------- per-arm measurements
@@ -99,6 +149,12 @@ def final_max_variance(r: dict) -> float:
 def final_max_abs(r: dict) -> float:
     p = final_probe(r)
     return max(p["max_abs"]) if p else float("nan")
+
+
+def peak_before_divergence(r: dict) -> float:
+    """Largest |x| of the residual stream over all training steps before divergence (or
+    over the whole run): a diverged arm's activations still count."""
+    return float(r.get("peak_abs_before_divergence", float("nan")))
 
 
 def variance_growth_decades(r: dict) -> float:
@@ -140,145 +196,189 @@ def instability_events(r: dict) -> float:
 # ---------------------------------------------------------------- claims
 
 
+def _paired(a, b, label: str, margin: float = 0.0):
+    return compare(a, b, paired=True, margin=margin, min_n=MIN_SEEDS, label=label)
+
+
+def _fmt_lr(lr: float | None) -> str:
+    return "—" if lr is None else f"{lr:g}"
+
+
 def claim_variance(res: Results, lr: float) -> Claim:
-    pre_growth = res.values("pre", lr, variance_growth_decades)
-    peri_growth = res.values("peri", lr, variance_growth_decades)
-    pre_level = res.values("pre", lr, lambda r: log10_safe(final_max_variance(r)))
-    peri_level = res.values("peri", lr, lambda r: log10_safe(final_max_variance(r)))
-    post_level = res.values("post", lr, final_max_variance)
-    best_post, best_peri = res.best_lr("post"), res.best_lr("peri")
-    post_loss = res.values("post", best_post, lambda r: r["final_val_loss"]) if best_post else []
-    peri_loss = res.values("peri", best_peri, lambda r: r["final_val_loss"]) if best_peri else []
-    parts = {
-        "growth over training (pre > peri + 1 decade)": compare(pre_growth, peri_growth, 1.0),
-        "final level (pre > peri + 1 decade)": compare(pre_level, peri_level, 1.0),
-        "post flat (max variance < 4)": compare([4.0], post_level, 0.0) if post_level
-        else Verdict.INCONCLUSIVE,
-        "post trains worse (best-lr val loss post > peri)": compare(post_loss, peri_loss, 0.0),
-    }
+    growth = {p: res.per_seed(p, lr, variance_growth_decades) for p in ("pre", "peri")}
+    level = {p: res.per_seed(p, lr, lambda r: log10_safe(final_max_variance(r)))
+             for p in ("pre", "peri")}
+    best = {p: res.best_lr(p) for p in ("post", "peri")}
+    loss = {p: res.per_seed(p, best[p], res.loss) for p in best}
+    post_lr = res.lr_near("post", lr)
+    post_level = res.values("post", post_lr, final_max_variance) if post_lr else []
+    parts = [
+        _paired(growth["pre"], growth["peri"], f"pre − peri − {DECADE:g}, growth of last-layer "
+                "variance over training (decades)", DECADE),
+        _paired(level["pre"], level["peri"], f"pre − peri − {DECADE:g}, log10 final "
+                "max-layer variance", DECADE),
+    ]
+    if "post" in res.placements:
+        parts.append(_paired(loss["post"], loss["peri"], "post − peri, val loss at each "
+                             "one's best lr"))
     measured = (
         f"at lr {lr:g}: growth of last-layer variance over training, decades: pre "
-        f"{summarize(pre_growth).format(2)}, peri {summarize(peri_growth).format(2)}; "
-        f"log10 final max-layer variance: pre {summarize(pre_level).format(2)}, peri "
-        f"{summarize(peri_level).format(2)}; post max-layer variance "
-        f"{summarize(post_level).format(2)}; best-lr val loss post "
-        f"{summarize(post_loss).format(3)} vs peri {summarize(peri_loss).format(3)}. Parts: "
-        + "; ".join(f"{k}: {v}" for k, v in parts.items()))
+        f"{summarize(growth['pre']).format(2)}, peri {summarize(growth['peri']).format(2)}; "
+        f"log10 final max-layer variance: pre {summarize(level['pre']).format(2)}, peri "
+        f"{summarize(level['peri']).format(2)}; best-lr val loss post "
+        f"{summarize(loss['post']).format(3)} (lr {_fmt_lr(best['post'])}) vs peri "
+        f"{summarize(loss['peri']).format(3)} (lr {_fmt_lr(best['peri'])}). Not judged: "
+        f"post's max-layer variance {summarize(post_level).format(3)} at lr {_fmt_lr(post_lr)} "
+        "(flat by construction: its stream is a norm's output).")
     return Claim(
         "Pre-LN's hidden-state variance grows quickly with depth and during training; "
         "Peri-LN's grows slowly and stays bounded; Post-LN stays flat but trains worse.",
         measured,
-        f"At the aggressive lr {lr:g}, over seeds (reprokit compare, 2 s.e.): pre's growth "
-        "of last-layer variance from init to end exceeds peri's by > 1 decade; pre's final "
-        "max-over-layers variance exceeds peri's by > 1 decade; post's stays < 4; post's "
-        "val loss at its best lr is above peri's at its best lr. Holds if all parts hold.",
-        all_of(*parts.values()),
+        f"At lr {lr:g} (the highest lr at which no Pre-LN seed diverged), paired by seed "
+        "(every placement starts from the seed's weights and batches): pre's growth of "
+        "last-layer variance from init to end exceeds peri's by > 1 decade; pre's final "
+        "max-over-layers variance exceeds peri's by > 1 decade; post's val loss at its best "
+        "lr is above peri's at its best lr (a diverged seed's loss counts as ln V). Post's "
+        "flatness is shown, not judged. Holds if every part holds.",
+        all_of(*parts, correction=HOLM),
         ["figures/variance_growth.png", "figures/variance_over_training.png"])
 
 
 def claim_gradients(res: Results, lr: float, warmup: int) -> Claim:
-    cv = {p: res.values(p, lr, lambda r: grad_nonuniformity(r, warmup)) for p in res.placements}
-    spikes = {p: res.values(p, lr, lambda r: float(r["grad_spikes"])) for p in res.placements}
-    med = {p: res.values(p, lr, lambda r: median_grad_norm(r, warmup)) for p in res.placements}
-    parts = {
-        "peri more uniform than pre (CV)": compare(cv.get("pre", []), cv.get("peri", [])),
-        "peri has fewer grad-norm spikes than pre": compare(spikes.get("pre", []),
-                                                            spikes.get("peri", [])),
-        "post least uniform (CV post > peri)": compare(cv.get("post", []), cv.get("peri", [])),
-        "post largest (median norm post > peri)": compare(med.get("post", []),
-                                                          med.get("peri", [])),
-    }
+    post_lr = res.lr_near("post", lr)
+    at = {"pre": lr, "peri": lr, "post": post_lr}
+    cv = {p: res.per_seed(p, at[p], lambda r: grad_nonuniformity(r, warmup)) for p in at}
+    spikes = {p: res.per_seed(p, at[p], lambda r: float(r["grad_spikes"])) for p in at}
+    med = {p: res.per_seed(p, at[p], lambda r: median_grad_norm(r, warmup)) for p in at}
+    peri_at_post = {
+        "cv": res.per_seed("peri", post_lr, lambda r: grad_nonuniformity(r, warmup)),
+        "med": res.per_seed("peri", post_lr, lambda r: median_grad_norm(r, warmup))}
+    parts = [
+        _paired(cv["pre"], cv["peri"], "pre − peri, per-layer grad-norm CV"),
+        _paired(spikes["pre"], spikes["peri"], "pre − peri, grad-norm spikes per run"),
+    ]
+    if "post" in res.placements:
+        parts += [
+            _paired(cv["post"], peri_at_post["cv"], f"post − peri at lr {_fmt_lr(post_lr)}, "
+                    "per-layer grad-norm CV"),
+            _paired(med["post"], peri_at_post["med"], f"post − peri at lr {_fmt_lr(post_lr)}, "
+                    "median global grad norm")]
+    shown = [p for p in at if p in res.placements]
     measured = (
-        f"at lr {lr:g}, after warmup: per-layer grad-norm CV " + ", ".join(
-            f"{p} {summarize(cv[p]).format(2)}" for p in res.placements)
+        f"at lr {lr:g} (post: {_fmt_lr(post_lr)}), after warmup: per-layer grad-norm CV "
+        + ", ".join(f"{p} {summarize(cv[p]).format(2)}" for p in shown)
         + "; grad-norm spikes per run " + ", ".join(
-            f"{p} {summarize(spikes[p]).format(2)}" for p in res.placements)
+            f"{p} {summarize(spikes[p]).format(2)}" for p in shown)
         + "; median global grad norm " + ", ".join(
-            f"{p} {summarize(med[p]).format(2)}" for p in res.placements)
-        + ". Parts: " + "; ".join(f"{k}: {v}" for k, v in parts.items()))
+            f"{p} {summarize(med[p]).format(2)}" for p in shown) + ".")
     p = res.cfg.probe
     return Claim(
         "Peri-LN gives steadier gradient flow: more uniform per-layer gradient norms and "
         "fewer gradient-norm spikes than Pre-LN; Post-LN has the largest, least uniform "
         "gradients.",
         measured,
-        f"At lr {lr:g}, after warmup: non-uniformity = std/mean across layers of the "
-        "per-layer gradient norms, averaged over probes; a spike = a step whose global "
-        f"gradient norm (before clipping) exceeds {p.grad_spike_factor:g} × the median of "
-        f"the previous {p.spike_window} steps. Holds if peri's CV and spike count are below "
-        "pre's and post's CV and median norm are above peri's, each beyond 2 s.e.",
-        all_of(*parts.values()),
+        f"At lr {lr:g}, after warmup, paired by seed: non-uniformity = std/mean across layers "
+        "of the per-layer gradient norms (before clipping), averaged over probes; a spike = a "
+        f"step whose global gradient norm (before clipping) exceeds {p.grad_spike_factor:g} × "
+        f"the median of the previous {p.spike_window} steps. Holds if peri's CV and spike "
+        "count are below pre's, and post's CV and median norm are above peri's (at post's "
+        "nearest lr), every part holding.",
+        all_of(*parts, correction=HOLM),
         ["figures/layer_grad_norms.png", "figures/global_grad_norm.png"])
 
 
 def claim_stability(res: Results) -> Claim:
-    events = {p: [] for p in ("pre", "peri")}
-    for p in events:
-        per_seed = defaultdict(float)
-        for lr in res.lrs:
-            for r in res.get(p, lr):
-                per_seed[r["seed"]] += instability_events(r)
-        events[p] = [per_seed[s] for s in sorted(per_seed)]
+    shared = [lr for lr in res.lrs("pre") if lr in res.lrs("peri")]
+    events = {p: [sum(v for v in vals if math.isfinite(v)) if any(map(math.isfinite, vals))
+                  else float("nan")
+                  for vals in zip(*[res.per_seed(p, lr, instability_events) for lr in shared],
+                                  strict=True)] if shared else []
+              for p in ("pre", "peri")}
     best = {p: res.best_lr(p) for p in ("pre", "peri")}
-    best_loss = {p: res.values(p, best[p], lambda r: r["final_val_loss"]) if best[p] else []
-                 for p in best}
-    parts = {
-        "pre has more instability events than peri": compare(events["pre"], events["peri"]),
-        f"peri's best-lr loss ≤ pre's + {LOSS_TOLERANCE}": compare(
-            best_loss["pre"], best_loss["peri"], -LOSS_TOLERANCE),
-    }
-    div = {p: sum(r["diverged"] for lr in res.lrs for r in res.get(p, lr)) for p in events}
-    n = {p: sum(len(res.get(p, lr)) for lr in res.lrs) for p in events}
+    loss = {p: res.per_seed(p, best[p], res.loss) for p in best}
+    parts = [
+        _paired(events["pre"], events["peri"], "pre − peri, instability events per seed over "
+                "the sweep"),
+        _paired(loss["pre"], loss["peri"], f"pre − peri + {LOSS_TOLERANCE:g}, val loss at each "
+                "one's best lr", -LOSS_TOLERANCE),
+    ]
+    div = "; ".join(f"{p}: " + ", ".join(
+        f"{lr:g} {'{}/{}'.format(*res.diverged(p, lr))}" for lr in res.lrs(p))
+        for p in res.placements)
     measured = (
-        "instability events per seed over all lrs (loss spikes + divergences): pre "
+        f"diverged seeds per lr — {div}. Instability events per seed over lrs "
+        f"{', '.join(f'{x:g}' for x in shared)} (loss spikes + divergences): pre "
         f"{summarize(events['pre']).format(2)}, peri {summarize(events['peri']).format(2)}; "
-        f"diverged runs: pre {div['pre']}/{n['pre']}, peri {div['peri']}/{n['peri']}; "
-        f"best lr pre {best['pre']}, peri {best['peri']}; val loss there: pre "
-        f"{summarize(best_loss['pre']).format(3)}, peri {summarize(best_loss['peri']).format(3)}"
-        ". Parts: " + "; ".join(f"{k}: {v}" for k, v in parts.items()))
+        f"best lr pre {_fmt_lr(best['pre'])}, peri {_fmt_lr(best['peri'])}; val loss there: "
+        f"pre {summarize(loss['pre']).format(3)}, peri {summarize(loss['peri']).format(3)}.")
     p = res.cfg.probe
     return Claim(
         "Peri-LN converges stably where Pre-LN spikes or diverges (high learning rates), "
         "and reaches equal or lower loss at the best learning rate.",
         measured,
-        "Per seed, count over the lr sweep the loss spikes (training loss > "
-        f"{p.loss_spike_factor:g} × median of up to {p.spike_window} previous steps, from "
-        f"step {LOSS_SPIKE_MIN_HISTORY}) plus divergences (NaN/Inf, or loss > "
-        f"{p.divergence_factor:g}·ln V for {p.divergence_patience} steps in a row). Holds if "
-        "pre's count exceeds peri's beyond 2 s.e. and peri's val loss at its best lr is at "
-        f"most pre's (at its best lr) + {LOSS_TOLERANCE} beyond 2 s.e.",
-        all_of(*parts.values()),
+        "Over the whole lr sweep, paired by seed: per seed, count the loss spikes (training "
+        f"loss > {p.loss_spike_factor:g} × median of up to {p.spike_window} previous steps, "
+        f"from step {LOSS_SPIKE_MIN_HISTORY}) plus divergences (NaN/Inf, or loss > "
+        f"{p.divergence_factor:g}·ln V for {p.divergence_patience} steps in a row; a diverged "
+        "arm stops early and counts as one event). Holds if pre's count exceeds peri's and "
+        "peri's val loss at its own best lr is at most pre's at pre's best lr + "
+        f"{LOSS_TOLERANCE:g} nats (best lr = lowest mean loss over seeds, picked on the same "
+        "seeds, a diverged seed's loss counting as ln V), every part holding.",
+        all_of(*parts, correction=HOLM),
         ["figures/loss_curves.png", "figures/global_grad_norm.png"])
 
 
 def claim_massive(res: Results, lr: float) -> Claim:
-    pre = res.values("pre", lr, lambda r: log10_safe(final_max_abs(r)))
-    peri = res.values("peri", lr, lambda r: log10_safe(final_max_abs(r)))
-    pre_raw = [x for lr_ in res.lrs for x in res.values("pre", lr_, final_max_abs)]
-    over_fp16 = sum(x > FP16_MAX for x in pre_raw if math.isfinite(x))
-    verdict = compare(pre, peri, 1.0)
-    other = []
-    for lr_ in res.lrs:
-        if not _close(lr_, lr):
-            a = res.values("pre", lr_, lambda r: log10_safe(final_max_abs(r)))
-            b = res.values("peri", lr_, lambda r: log10_safe(final_max_abs(r)))
-            other.append(f"lr {lr_:g}: pre {summarize(a).format(2)}, peri "
-                         f"{summarize(b).format(2)}")
+    top = max(x for x in res.lrs("pre") if x in res.lrs("peri"))
+    final = {p: res.per_seed(p, lr, lambda r: log10_safe(final_max_abs(r)))
+             for p in ("pre", "peri")}
+    peak = {p: res.per_seed(p, top, lambda r: log10_safe(peak_before_divergence(r)))
+            for p in ("pre", "peri")}
+    parts = [
+        _paired(final["pre"], final["peri"], f"pre − peri − {DECADE:g}, log10 final max |x| at "
+                f"lr {lr:g}", DECADE),
+        _paired(peak["pre"], peak["peri"], f"pre − peri − {DECADE:g}, log10 peak |x| before "
+                f"divergence at lr {top:g}", DECADE),
+    ]
+    frac = "; ".join(
+        f"{p} " + ", ".join(f"{x:g}: {summarize(res.values(p, x, lambda r: r.get('fp16_overflow_fraction', float('nan')))).format(2)}"
+                            for x in res.lrs(p))
+        for p in ("pre", "peri") if p in res.placements)
+    div_top = "{}/{}".format(*res.diverged("pre", top))
     measured = (
-        f"log10 of the final max |x| over layers at lr {lr:g}: pre "
-        f"{summarize(pre).format(2)}, peri {summarize(peri).format(2)}"
-        + (f" (other lrs: {'; '.join(other)})" if other else "")
-        + f". Pre-LN runs past the fp16 range (> {FP16_MAX:g}): {over_fp16}/{len(pre_raw)}.")
+        f"log10 max |x| over layers, final weights, lr {lr:g}: pre "
+        f"{summarize(final['pre']).format(2)}, peri {summarize(final['peri']).format(2)}; "
+        f"log10 peak |x| over training steps before divergence, lr {top:g} (pre diverged "
+        f"{div_top}): pre {summarize(peak['pre']).format(2)}, peri "
+        f"{summarize(peak['peri']).format(2)}. Fraction of training steps whose stream "
+        f"passed the fp16 maximum {FP16_MAX:g} before divergence, by lr: {frac}.")
     return Claim(
         "Massive activations: Pre-LN's largest activation magnitudes grow far beyond "
         "Peri-LN's (in the paper, past the fp16 range).",
         measured,
-        f"At lr {lr:g}: mean over seeds of log10 max |x| (residual stream, any layer, final "
-        "weights) of pre exceeds peri's by more than 1 (10×) beyond 2 s.e. The fp16 part is "
-        "reported, not judged: it needs the paper's scale.",
-        verdict, ["figures/max_abs.png"])
+        f"Paired by seed: at lr {lr:g}, log10 of the final max |x| (residual stream, any "
+        f"layer, probe batch) of pre exceeds peri's by more than 1 (10×); and at the top lr "
+        f"{top:g}, log10 of the peak |x| over the training batches of every step before "
+        "divergence (diverged arms count) of pre exceeds peri's by more than 1. Holds if both "
+        "hold. The fp16 fractions are reported, not judged.",
+        all_of(*parts, correction=HOLM), ["figures/max_abs.png"])
 
 
+def claim_frozen_gain(res: Results) -> Claim:
+    lrs = [lr for lr in res.lrs("peri-frozen") if lr in res.lrs("peri")]
+    parts = [_paired(res.per_seed("peri-frozen", lr, res.loss), res.per_seed("peri", lr, res.loss),
+                     f"frozen − learned γ, val loss at lr {lr:g}") for lr in lrs]
+    measured = "; ".join(
+        f"lr {lr:g}: val loss with γ frozen {summarize(res.values('peri-frozen', lr, res.loss)).format(3)}"
+        f" vs learned {summarize(res.values('peri', lr, res.loss)).format(3)}" for lr in lrs)
+    return Claim(
+        "Ablation: freezing Peri-LN's output-norm gain γ (at 1) hurts.",
+        measured + ".",
+        "Peri-LN with the output norms' γ frozen at 1 (β, if any, and every other weight "
+        "learn), at each ablation lr, paired by seed with Peri-LN (same initial weights and "
+        "batches): its val loss is above Peri-LN's (a diverged seed counts as ln V). Holds "
+        "if it holds at every ablation lr.",
+        all_of(*parts, correction=HOLM) if parts else Verdict.INCONCLUSIVE, [])
 # ---------------------------------------------------------------- figures
 
 
@@ -322,8 +422,8 @@ def figure_variance_growth(res: Results, lr: float, path: Path) -> Path:
 
 
 def figure_variance_over_training(res: Results, path: Path) -> Path:
-    fig, axes = new_figure(1, len(res.lrs), sharey=True)
-    for ax, lr in zip(axes[0], res.lrs, strict=True):
+    fig, axes = new_figure(1, len(res.lrs()), sharey=True)
+    for ax, lr in zip(axes[0], res.lrs(), strict=True):
         for placement in res.placements:
             runs = [r for r in res.get(placement, lr) if r["history"]["probes"]]
             if not runs:
@@ -338,8 +438,8 @@ def figure_variance_over_training(res: Results, path: Path) -> Path:
 
 
 def figure_max_abs(res: Results, path: Path) -> Path:
-    fig, axes = new_figure(1, len(res.lrs), sharey=True)
-    for ax, lr in zip(axes[0], res.lrs, strict=True):
+    fig, axes = new_figure(1, len(res.lrs()), sharey=True)
+    for ax, lr in zip(axes[0], res.lrs(), strict=True):
         for placement in res.placements:
             finals = [p["max_abs"] for r in res.get(placement, lr) if (p := final_probe(r))]
             if finals:
@@ -388,8 +488,8 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 def figure_curves(res: Results, key: str, path: Path, title: str, log: bool,
                   smooth: int = 1) -> Path:
-    fig, axes = new_figure(1, len(res.lrs), sharey=True)
-    for ax, lr in zip(axes[0], res.lrs, strict=True):
+    fig, axes = new_figure(1, len(res.lrs()), sharey=True)
+    for ax, lr in zip(axes[0], res.lrs(), strict=True):
         for placement in res.placements:
             runs = [r for r in res.get(placement, lr) if r["history"]["step"]]
             if not runs:
@@ -441,15 +541,19 @@ def build_report(run_path: str | Path) -> Path:
         return report.write()
     res = Results(results, cfg)
     figs = run_path / "figures"
-    contrast = next((x for x in res.lrs if _close(x, cfg.sweep.contrast_lr)), res.lrs[-1])
+    contrast = res.contrast_lr()
     warmup = int(cfg.train.warmup_fraction * cfg.train.steps)
 
     # claims first (Report puts them at the top)
-    if {"pre", "peri"} <= set(res.placements):
+    if {"pre", "peri"} <= set(res.placements) and contrast is not None:
         report.add_claim(claim_variance(res, contrast))
         report.add_claim(claim_gradients(res, contrast, warmup))
         report.add_claim(claim_stability(res))
         report.add_claim(claim_massive(res, contrast))
+        if "peri-frozen" in res.placements:
+            report.add_claim(claim_frozen_gain(res))
+    else:
+        contrast = res.lrs()[-1]
 
     _setting(report, run_path, cfg, res, results)
     _sweep_table(report, res, warmup)
@@ -457,9 +561,10 @@ def build_report(run_path: str | Path) -> Path:
     report.figure(figure_variance_growth(res, contrast, figs / "variance_growth.png"),
                   f"Hidden-state variance after each block at five points of training, one "
                   f"panel per placement (lr {contrast:g}, geometric mean over seeds).")
-    if len(res.lrs) > 1 and contrast != res.lrs[0]:
-        report.figure(figure_variance_growth(res, res.lrs[0], figs / "variance_growth_low_lr.png"),
-                      f"The same at the lowest lr, {res.lrs[0]:g}.")
+    low = res.lrs()[0]
+    if not _close(contrast, low):
+        report.figure(figure_variance_growth(res, low, figs / "variance_growth_low_lr.png"),
+                      f"The same at the lowest lr, {low:g}.")
     report.figure(figure_variance_over_training(res, figs / "variance_over_training.png"),
                   "Variance after the last block over training (mean and min–max over seeds).")
     report.figure(figure_max_abs(res, figs / "max_abs.png"),
@@ -499,19 +604,28 @@ def _setting(report: Report, run_path: Path, cfg: PerlnConfig, res: Results,
     expected = len(s.placements) * len(s.lrs) * len(s.seeds)
     report.section("Setting", (
         f"- Scale `{cfg.scale}`; {len(results)}/{expected} arms finished "
-        f"(placements {', '.join(res.placements)} × lrs {', '.join(f'{x:g}' for x in res.lrs)} "
+        f"(placements × lrs: {'; '.join(p + ' ' + ', '.join(f'{x:g}' for x in res.lrs(p)) for p in res.placements)} "
         f"× seeds {sorted({r['seed'] for r in results})}).\n"
         f"- Data: `{cfg.data.source}`, tokenizer `{cfg.data.tokenizer}`{tokens_note}.\n"
         f"- Model: decoder-only GPT, {m.n_layer} layers, width {m.d_model}, {m.n_head} heads, "
         f"context {m.block_size}, {m.norm}, {m.position} positions, {m.mlp} MLP, tied "
-        f"embeddings, {n_params:,} parameters; embedding norm {m.embedding_norm}, frozen "
-        f"output-norm gain {m.freeze_output_gain}. Each seed gives every placement the same "
-        "initial weights.\n"
+        f"embeddings, {n_params:,} parameters. Embedding norm Norm(x_embed) "
+        f"(`model.embedding_norm={m.embedding_norm}`): "
+        + ", ".join(f"{p} {'on' if embedding_norm_on(m.embedding_norm, p) else 'off'}"
+                    for p in cfg.sweep.placements)
+        + f". Output-norm gains γ frozen: {m.freeze_output_gain}"
+        + (f" (and in the ablation arms `peri-frozen` at lr "
+           f"{', '.join(f'{x:g}' for x in cfg.sweep.frozen_gain_lrs)})"
+           if cfg.sweep.frozen_gain_lrs else "")
+        + ". Each seed gives every placement the same initial weights and batches.\n"
         f"- Training: {t.steps} AdamW steps (β=({t.beta1}, {t.beta2}), weight decay "
         f"{t.weight_decay}), batch {t.batch_size}×{t.accumulate}×{m.block_size} tokens, "
         f"linear warmup {t.warmup_fraction:.0%} then cosine to {t.min_lr_ratio:g}× peak, "
         f"clipping at {t.grad_clip:g} (norms recorded before clipping), precision "
-        f"`{t.precision}` ({env.get('runtime', {}).get('precision', '?')} here).\n"
+        f"`{t.precision}` ({env.get('runtime', {}).get('precision', '?')} here), residual "
+        f"stream stored in `{t.stream_dtype}`"
+        + (" (each block's output rounded to that dtype, compute in fp32: fp16 overflows past "
+           f"{FP16_MAX:g})" if t.stream_dtype != "fp32" else "") + ".\n"
         f"- Probes: residual-stream variance and max |x| after every block on a fixed batch "
         f"of {cfg.probe.batch_size} validation windows, and per-layer gradient norms, every "
         f"{cfg.probe.every} steps; loss and global gradient norm every step.\n"
@@ -521,30 +635,41 @@ def _setting(report: Report, run_path: Path, cfg: PerlnConfig, res: Results,
 
 def _sweep_table(report: Report, res: Results, warmup: int) -> None:
     rows = []
-    for placement in res.placements:
-        for lr in res.lrs:
-            runs = res.get(placement, lr)
+    emb = res.cfg.model.embedding_norm
+    for variant in res.placements:
+        placement = variant.split("-")[0]
+        for lr in res.lrs(variant):
+            runs = res.get(variant, lr)
             if not runs:
                 continue
+            steps = [r["divergence"]["step"] for r in runs if r["diverged"]]
             rows.append((
-                placement, f"{lr:g}",
+                variant, "on" if embedding_norm_on(emb, placement) else "off", f"{lr:g}",
                 summarize([r["final_val_loss"] for r in runs]).format(3),
-                f"{sum(r['diverged'] for r in runs)}/{len(runs)}",
+                f"{len(steps)}/{len(runs)}" + (f" (step {', '.join(map(str, steps))})"
+                                               if steps else ""),
                 summarize([r["loss_spikes"] for r in runs]).format(2),
                 summarize([r["grad_spikes"] for r in runs]).format(2),
                 summarize([final_max_variance(r) for r in runs]).format(3),
                 summarize([final_max_abs(r) for r in runs]).format(3),
+                summarize([peak_before_divergence(r) for r in runs]).format(3),
+                summarize([r.get("fp16_overflow_fraction", float("nan")) for r in runs]).format(2),
                 summarize([depth_growth_decades(r) for r in runs]).format(2),
                 summarize([grad_nonuniformity(r, warmup) for r in runs]).format(2),
             ))
     report.section("Learning-rate sweep")
-    report.table(("placement", "lr", "final val loss", "diverged", "loss spikes",
+    best = ", ".join(f"{p} {_fmt_lr(res.best_lr(p))}" for p in res.placements)
+    report.table(("arm", "emb. norm", "lr", "final val loss", "diverged", "loss spikes",
                   "grad-norm spikes", "max-layer variance (end)", "max abs x (end)",
+                  "peak abs x before divergence (train)", "steps past fp16 max",
                   "depth growth, decades (end)", "per-layer grad CV"), rows,
-                 caption="Mean ± std over seeds (n seeds). Depth growth: log10 of the variance "
-                         "after the last block over that after the first. Best lr per "
-                         "placement: " + ", ".join(f"{p} {res.best_lr(p):g}"
-                                                   for p in res.placements) + ".")
+                 caption="Mean ± std over seeds (n seeds; a diverged seed has no final value). "
+                         "Diverged: seeds that diverged, and at which step. Peak |x|: the "
+                         "largest |x| of the residual stream over the training batches of "
+                         "every step before divergence; steps past fp16 max: the fraction of "
+                         f"those steps whose peak exceeded {FP16_MAX:g}. Depth growth: log10 of "
+                         "the variance after the last block over that after the first. Best "
+                         f"lr per arm (diverged seeds count as ln V): {best}.")
 
 
 def _sample(report: Report, run_path: Path, cfg: PerlnConfig, results: list[dict]) -> None:
@@ -562,8 +687,9 @@ def _sample(report: Report, run_path: Path, cfg: PerlnConfig, results: list[dict
 
 
 def _limits(report: Report, cfg: PerlnConfig, results: list[dict]) -> None:
-    peak = max((final_max_abs(r) for r in results if math.isfinite(final_max_abs(r))),
-               default=float("nan"))
+    survived = [r for r in results if not r["diverged"]]
+    peak = max((peak_before_divergence(r) for r in survived
+                if math.isfinite(peak_before_divergence(r))), default=float("nan"))
     side = "below" if peak <= FP16_MAX else "beyond"
     if cfg.scale == "paper":
         text = ("Paper-scale settings; compare with the paper's figures. The downstream "
@@ -578,14 +704,18 @@ def _limits(report: Report, cfg: PerlnConfig, results: list[dict]) -> None:
             "model on 30B DCLM tokens. It can show the mechanisms the paper describes (how the "
             "stream's variance and extremes grow with depth and training under each placement, "
             "how gradients distribute over layers, behaviour across learning rates) but not "
-            f"their size at scale: the largest final activation of any arm here is "
-            f"{fmt(peak)}, {side} the fp16 range ({FP16_MAX:g}), and small loss differences "
+            "their size at scale: the largest activation of any arm that did not diverge is "
+            f"{fmt(peak)}, {side} the fp16 range ({FP16_MAX:g}); divergence here comes from "
+            f"the `{cfg.train.stream_dtype}` residual stream, emulated by rounding (compute in "
+            "fp32, gradients passed straight through the rounding, as under a perfect loss "
+            "scale), not from real fp16 kernels; and small loss differences "
             "this early in training say little about final quality. The paper's downstream "
             "benchmarks (ARC-Easy, HellaSwag, PIQA, SIQA, Winogrande) are out of reach for "
             "models this small and are not run. Verdicts use "
-            f"{len(cfg.sweep.seeds)} seeds; 'inconclusive' means the seed spread is too large "
+            f"{len(cfg.sweep.seeds)} seeds (at least {MIN_SEEDS} a side to decide); "
+            "'inconclusive' means the interval includes zero: the seed spread is too large "
             "for the rule to decide.")
     report.section("Limits", text)
 
 
-__all__ = ["build_report", "load_results", "Results", "threshold"]
+__all__ = ["build_report", "load_results", "Results"]

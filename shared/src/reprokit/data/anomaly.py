@@ -5,7 +5,8 @@ MVTec-AD layout (one folder per category)::
     <root>/<category>/train/good/*.png
     <root>/<category>/test/good/*.png
     <root>/<category>/test/<defect>/*.png
-    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or <stem>.png, as VisA's
+                                                              split script writes them)
 
 VisA is read through its split CSV (columns ``object,split,label,image,mask``; ``label`` is
 ``normal`` or ``anomaly``; paths relative to the root), as its ``split_csv/1cls.csv``.
@@ -20,7 +21,8 @@ Every item is a dict that PyTorch's default collate batches::
 Folders are checked when a dataset is built, so a malformed one fails at once with a message
 naming the file: a missing root, an unknown category (the present ones are listed), a missing
 ``train/good``, an anomalous image without its mask, a mask whose size differs from its image's,
-an image that cannot be decoded. Nothing is skipped silently.
+an image that cannot be decoded or is truncated (every PNG is verified to its end). Nothing is
+skipped silently. Masks may hold 0/255 or 0/1: any non-zero pixel is anomalous.
 
 ``make_synthetic_mvtec()`` writes an MVTec-layout dataset from scikit-image's bundled
 textures (brick, grass, gravel), with synthetic defects and exact masks; it is the offline
@@ -58,12 +60,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".JPG", ".PN
 
 
 def _size_of(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header; an unreadable file is a DatasetError."""
+    """(width, height) from the file header, after checking the file is complete.
+
+    The header alone passes a truncated file (its size is in the first bytes), which would
+    then fail at decode time, after the models are built. So a PNG is verified chunk by
+    chunk (CRCs up to IEND: PIL's ``verify``, which reads the file without decoding the
+    pixels) and a JPEG must end with its end-of-image marker. An unreadable file is a
+    DatasetError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return img.size
+            size, fmt = img.size, img.format
+            if fmt == "PNG":
+                img.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(-2, os.SEEK_END)
+                if fh.read(2) != b"\xff\xd9":
+                    raise OSError("truncated JPEG (no end-of-image marker)")
+        return size
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetError(f"cannot decode image {path}: {err}") from err
 
@@ -147,6 +163,27 @@ class _AnomalyDataset(Dataset):
     def labels(self) -> list[int]:
         return [r["label"] for r in self.records]
 
+    def load(self, index: int, sizes: Sequence[tuple[int, int]]) -> dict:
+        """The item with the image decoded once and resized (bilinear) to each of `sizes`:
+        ``images`` {(H, W): (3, H, W)}; ``mask`` at the dataset's size. Each model branch
+        reads the file at its own input resolution, not an upsampled copy."""
+        from PIL import Image
+
+        rec = self.records[index]
+        img = _decode(rec["path"], "RGB")
+        images = {}
+        for h, w in {tuple(int(v) for v in s) for s in sizes}:
+            resized = img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(resized, dtype=np.float32) / 255.0
+            images[(h, w)] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        size = self.size or rec["size"]
+        if rec["mask"] is not None:
+            mask = load_mask(rec["mask"], size)
+        else:
+            mask = torch.zeros(1, *size)
+        return {"images": images, "label": rec["label"], "mask": mask,
+                "category": self.category, "defect": rec["defect"], "path": str(rec["path"])}
+
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         image = load_image(rec["path"], self.size)
@@ -195,10 +232,15 @@ class MVTecDataset(_AnomalyDataset):
                 for path in _images_in(defect_dir):
                     mask = None
                     if defect != "good":
-                        mask = cat_dir / "ground_truth" / defect / f"{path.stem}_mask.png"
-                        if not mask.is_file():
+                        # MVTec names masks <stem>_mask.png; VisA's official split script
+                        # (MVTec layout, defect folder "bad") names them <stem>.png
+                        folder = cat_dir / "ground_truth" / defect
+                        names = [folder / f"{path.stem}_mask.png", folder / f"{path.stem}.png"]
+                        mask = next((m for m in names if m.is_file()), None)
+                        if mask is None:
                             raise DatasetError(
-                                f"anomalous image {path} has no mask: expected {mask}")
+                                f"anomalous image {path} has no mask: expected {names[0]} "
+                                f"or {names[1]}")
                     self.records.append(dict(path=path, label=int(defect != "good"),
                                              mask=mask, defect=defect))
         if not self.records:

@@ -50,7 +50,29 @@ def _in_validation(key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+SINGLE_DOC_CHUNKS = 100  # a one-document corpus is cut into this many pieces before the split
+
+
+def _chunks(key: str, text: str, n: int) -> list[tuple[str, str]]:
+    """`text` cut into about `n` consecutive pieces, each ending at a line break when one is
+    near, keyed ``<key>#<i>`` so the hashed split stays stable."""
+    size = max(1, -(-len(text) // n))
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            newline = text.find("\n", end, end + size // 4 + 1)
+            end = newline + 1 if newline >= 0 else end
+        pieces.append((f"{key}#{len(pieces)}", text[start:end]))
+        start = end
+    return pieces
+
+
 def _split(name: str, docs: Sequence[tuple[str, str]], val_fraction: float) -> TextCorpus:
+    # One document (a single file, e.g. shakespeare.txt) cannot be split by document: cut it
+    # into chunks first, so that one file still yields training and validation text.
+    if len(docs) == 1:
+        docs = _chunks(*docs[0], SINGLE_DOC_CHUNKS)
     train, val = [], []
     for key, text in docs:
         (val if _in_validation(key, val_fraction) else train).append(text)
