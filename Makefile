@@ -22,7 +22,6 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 help:
 	@echo "make test [PYTEST_ARGS=...]        sync the workspace, run every member's tests offline"
 	@echo "                                   (DDP tests included; PYTEST_ARGS='-m \"not ddp\"' skips them)"
-	@echo "make gpu-check [GPU_ARGS=...]      scripts/gpu-check.sh (needs a CUDA GPU; --tiny runs on CPU)"
 	@echo "make lint                          ruff"
 	@echo "make reproduce-<paper> [SCALE=...] papers: $(PAPERS); SCALE=smoke|cpu|paper (default cpu)"
 	@echo "make reproduce-all [SCALE=...]     every paper in turn"

@@ -159,8 +159,9 @@ def test_fp16_stream_overflow_turns_the_loss_nan_where_fp32_does_not():
     models["fp16"].load_state_dict(models["fp32"].state_dict())
     for m in models.values():
         with torch.no_grad():
-            m.blocks[0].mlp.down.weight.mul_(1e6)  # a Pre-LN stream far past 65504
+            m.blocks[0].mlp.down.weight.mul_(1e8)  # a Pre-LN stream far past 65504
     idx = torch.randint(0, 17, (2, 8))
+    assert models["fp32"](idx, return_hidden=True)[2][0].abs().max() > 65504
     assert torch.isfinite(models["fp32"](idx, idx)[1])
     assert not torch.isfinite(models["fp16"](idx, idx)[1])
 

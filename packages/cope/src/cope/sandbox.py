@@ -201,7 +201,8 @@ def _user_processes() -> int:
 def _child_setup(limits: SandboxLimits) -> None:  # runs in the child between fork and exec
     import resource
 
-    cpu = int(limits.timeout_s) + 1
+    # above the wall-clock timeout, so the timeout (reported as such) normally fires first
+    cpu = int(2 * limits.timeout_s) + 2
     for res, value in ((resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_AS, limits.memory_mb << 20),
                        (resource.RLIMIT_FSIZE, limits.file_size_mb << 20),
@@ -294,7 +295,7 @@ def run_tests(code: str, tests: Sequence[str], timeout_s: float = 5.0,
         except BrokenPipeError:
             pass
         try:
-            proc.wait(timeout=limits.timeout_s + (2.0 if prefix else 0.0))
+            proc.wait(timeout=limits.timeout_s + (0.5 if prefix else 0.0))
         except subprocess.TimeoutExpired:
             timed_out = True
         # The whole group goes, finished or not: a candidate's background children too.

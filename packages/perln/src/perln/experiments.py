@@ -22,8 +22,8 @@ import torch
 
 from perln.config import PerlnConfig
 from perln.data import StepBatches, read_tokens
-from perln.module import PeriodicCheckpoint, PerlnModule
 from perln.model import FP16_MAX
+from perln.module import PeriodicCheckpoint, PerlnModule
 from perln.probes import count_spikes
 from reprokit.data.text import TokenStream
 from reprokit.errors import ConfigError
