@@ -29,7 +29,6 @@ from reprokit.data.augment import TensorAugment
 from reprokit.errors import ConfigError
 from reprokit.optim import LARS, split_decay_params, warmup_cosine_scheduler
 
-
 BN_VIEWS = ("per_view", "joint")
 
 

@@ -4,15 +4,12 @@ For an image, an OpenCLIP ViT gives a class token and a grid of patch tokens. Bo
 into the joint image–text space (``ln_post`` then the visual projection), so each patch can be
 compared with text embeddings:
 
-- language map L: per patch, softmax over {normal, anomalous} of cos(patch, text_c) / T
-  (T = ``clip.temperature``, 0.07 as anomalib's WinCLIP), where text_c is the mean of the
-  normalised embeddings of the class's prompt ensemble (prompts.py); L = p(anomalous),
-  averaged over ``clip.language_layers`` (each block's tokens through ln_post + projection);
+- language map L: per patch, softmax over {normal, anomalous} of τ·cos(patch, text_c), where
+  text_c is the mean of the normalised embeddings of the class's prompt ensemble
+  (prompts.py); L = p(anomalous);
 - global score: the same softmax on the class token (WinCLIP's zero-shot classifier);
 - visual map V (k-shot): ½·(1 − max_j cos(patch, bank_j)), the cosine distance of each query
-  patch to its nearest neighbour in the memory bank of the k reference images' patches, with
-  the tokens of ``clip.bank_layers`` (unprojected by default: ln_post without the projection,
-  the width-dim tokens anomalib's WinCLIP matches), averaged over those blocks.
+  patch to its nearest neighbour in the memory bank of the k reference images' patches.
 
 ``model="tiny"`` builds a small randomly initialised OpenCLIP model (no download): its
 tokenizer is OpenCLIP's SimpleTokenizer, whose BPE vocabulary ships inside the wheel.
@@ -104,7 +101,7 @@ class PatchCLIP(nn.Module):
     def text_embeddings(self, category: str) -> torch.Tensor:
         """(2, D) normalised class embeddings [normal, anomalous]; cached per category."""
         if category not in self._text_cache:
-            prompts = prompt_ensemble(category, self.cfg.prompt_states)
+            prompts = prompt_ensemble(category)
             rows = []
             for state in ("normal", "anomalous"):
                 emb = self.model.encode_text(self._tokenize(prompts[state])).float()
@@ -136,67 +133,42 @@ class PatchCLIP(nn.Module):
         x = visual.ln_post(x)
         return x @ visual.proj if visual.proj is not None else x
 
-    def _block_indices(self, layers: list[int]) -> list[int]:
-        """1-based (or negative) block numbers -> 0-based indices, checked."""
-        n = len(self.model.visual.transformer.resblocks)
-        out = []
-        for i in layers:
-            j = int(i) - 1 if int(i) > 0 else n + int(i)
-            if not 0 <= j < n:
-                raise ConfigError(f"clip layer {i}: the ViT has blocks 1..{n}")
-            out.append(j)
-        return out
-
-    def run_blocks(self, x: torch.Tensor, keep: set[int]) -> dict[int, torch.Tensor]:
-        """Tokens (B, L, width) after each block index in `keep` (batch-first)."""
-        transformer = self.model.visual.transformer
-        if not getattr(transformer, "batch_first", True):
-            x = x.transpose(0, 1)
-        out = {}
-        for i, block in enumerate(transformer.resblocks[:max(keep) + 1]):
-            x = block(x)
-            if i in keep:
-                out[i] = x if getattr(transformer, "batch_first", True) else x.transpose(0, 1)
-        return out
-
-    @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor) -> dict:
-        """``global`` (B, D): the class token in the joint space; ``language`` [(B, gh, gw, D)]
-        per ``language_layers`` block, projected; ``bank`` [(B, gh·gw, C)] per ``bank_layers``
-        block (C = width unprojected, D projected). All L2-normalised, float32."""
-        cfg = self.cfg
-        lang_idx = self._block_indices(cfg.language_layers)
-        bank_idx = self._block_indices(cfg.bank_layers)
-        last = len(self.model.visual.transformer.resblocks) - 1
-        tokens = self.run_blocks(self.embed_tokens(self.preprocess(images)),
-                                 {*lang_idx, *bank_idx, last})
-        gh, gw = self.model.visual.grid_size
-        b = images.shape[0]
-        glob = F.normalize(self.head(tokens[last][:, 0]).float(), dim=-1)
-        language = [F.normalize(self.head(tokens[i][:, 1:]).float(), dim=-1).reshape(
-            b, gh, gw, -1) for i in lang_idx]
-        if cfg.bank_tokens == "projected":
-            bank = [F.normalize(self.head(tokens[i][:, 1:]).float(), dim=-1) for i in bank_idx]
-        else:  # ln_post without the projection, as WinCLIP's patch tokens
-            ln = self.model.visual.ln_post
-            bank = [F.normalize(ln(tokens[i][:, 1:]).float(), dim=-1) for i in bank_idx]
-        return {"global": glob, "language": language, "bank": bank}
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``global`` (B, D) and ``patches`` (B, gh, gw, D), both L2-normalised, float32."""
+        x = self.embed_tokens(self.preprocess(images))
+        x = self.head(self.model.visual.transformer(x)).float()
+        x = F.normalize(x, dim=-1)
+        grid = self.model.visual.grid_size
+        patches = x[:, 1:].reshape(x.shape[0], grid[0], grid[1], -1)
+        return {"global": x[:, 0], "patches": patches}
 
     # ------------------------------------------------------------ maps
 
     def anomaly_probability(self, features: torch.Tensor, category: str) -> torch.Tensor:
-        """p(anomalous) of normalised features (..., D) against the prompt ensembles:
-        softmax over {normal, anomalous} of cos / temperature."""
+        """p(anomalous) of normalised features (..., D) against the prompt ensembles."""
         text = self.text_embeddings(category).to(features.device)
-        logits = features @ text.T / self.cfg.temperature
+        logits = self.cfg.temperature * features @ text.T
         return logits.softmax(-1)[..., 1]
 
-    def language_map(self, language: list[torch.Tensor], category: str) -> torch.Tensor:
-        """(B, gh, gw) language-guided map L: p(anomalous) averaged over the blocks."""
-        return torch.stack([self.anomaly_probability(x, category) for x in language]).mean(0)
+    def language_map(self, patches: torch.Tensor, category: str) -> torch.Tensor:
+        """(B, gh, gw) language-guided map L."""
+        return self.anomaly_probability(patches, category)
 
     def global_score(self, global_features: torch.Tensor, category: str) -> torch.Tensor:
         return self.anomaly_probability(global_features, category)
+
+
+def memory_bank_distance(query: torch.Tensor, bank: torch.Tensor,
+                         chunk: int = 4096) -> torch.Tensor:
+    """½(1 − max cos) of each query feature to the bank; features normalised, last dim D.
+
+    query (..., D), bank (M, D) -> (...). Zero for a feature that is in the bank."""
+    flat = query.reshape(-1, query.shape[-1])
+    bank = bank.to(flat.dtype)
+    best = torch.cat([(flat[i:i + chunk] @ bank.T).amax(dim=1)
+                      for i in range(0, flat.shape[0], chunk)])
+    return (0.5 * (1.0 - best)).clamp_min(0.0).reshape(query.shape[:-1])
 
 
 @torch.no_grad()

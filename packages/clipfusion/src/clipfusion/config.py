@@ -12,18 +12,13 @@ from reprokit.config import SCALES, load_config, scale_config_path
 from reprokit.errors import ConfigError
 
 
-NORMALIZATIONS = ("reference", "calibration", "test_zscore", "none")
-
-
 @dataclass
 class DataConfig:
     kind: str = "synthetic"  # synthetic (offline MVTec-layout textures) | mvtec | visa
     root: str | None = None  # dataset folder; synthetic: None = <run dir>/data
     split_csv: str | None = None  # VisA only (default <root>/split_csv/1cls.csv)
     categories: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])
-    # masks (and the maps) are resized to this and metrics are computed here; each branch
-    # reads the image file at its own input size (clip: the ViT's, diffusion.image_size)
-    image_size: int = 128
+    image_size: int = 128  # images and masks are resized to this; metrics are computed here
     max_test_images: int | None = None  # cap per category (None: all)
     # synthetic generator (reprokit.data.anomaly.make_synthetic_mvtec)
     n_train: int = 8
@@ -48,21 +43,7 @@ class ClipConfig:
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
-    # softmax over {normal, anomalous} of cos / temperature: 0.07 is CLIP's temperature, the
-    # value anomalib's WinCLIP uses (logits × 14.3). The old "logit scale 100" is 0.01.
-    temperature: float = 0.07
-    # prompt ensemble: "winclip" = WinCLIP's 7 normal / 4 anomalous states (anomalib's list);
-    # "extended" adds "broken {}" to the anomalous states (this package's earlier choice)
-    prompt_states: str = "winclip"
-    # transformer blocks (1-based; negative counts from the end) whose patch tokens give the
-    # language map L, each through ln_post + the projection into the text space, the
-    # probabilities averaged over blocks. [-1]: the last block only.
-    language_layers: list[int] = field(default_factory=lambda: [-1])
-    # few-shot memory bank: tokens of these blocks, "unprojected" (ln_post, no projection:
-    # the width-dim tokens anomalib's WinCLIP matches) or "projected" (the joint space);
-    # distances averaged over blocks.
-    bank_layers: list[int] = field(default_factory=lambda: [-1])
-    bank_tokens: str = "unprojected"
+    temperature: float = 100.0  # CLIP's logit scale for the normal/anomalous softmax (WinCLIP)
     init_seed: int = 0  # seed of the random initialisation (random weights only)
 
 
@@ -98,18 +79,9 @@ class FusionConfig:
     # M = alpha (M_CLIP,L + M_CLIP,V) + (1 - alpha) (M_Diff,L + M_Diff,V); 0.5 weighs the
     # branches equally (the paper's value is not given in the text used here).
     alpha: float = 0.5
-    # each of the four maps (and the global score) is standardised before it is summed, with
-    # a mean/std that never looks at the test set (a deployed detector scores one image):
-    # "reference" (default): from the k reference images (L maps and global score on the
-    #   references; V maps leave-one-out: each reference against the bank of the others);
-    #   where k cannot give them (zero-shot; V at k = 1) from the calibration images below;
-    # "calibration": always from the calibration images (fixed per branch and category);
-    # "test_zscore": the mean/std over the category's test pixels (transductive; ablation);
-    # "none": raw maps summed.
-    normalization: str = "reference"
-    # normal training images held out of every reference draw and never in the test set;
-    # they calibrate the zero-shot maps (and the k = 1 V maps)
-    calibration_images: int = 2
+    # each of the four maps is standardised before it is summed: "test_zscore" uses the mean
+    # and std over all test pixels of the category (label-free); "none" sums raw maps.
+    normalization: str = "test_zscore"
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the final map, in pixels (WinCLIP: 4)
     # image score = mean of the top fraction of map pixels (+ weight x the CLIP global score)
     topk_fraction: float = 0.01
@@ -144,27 +116,9 @@ class Config:
             raise ConfigError("seeds must not be empty")
         if not 0.0 <= self.fusion.alpha <= 1.0:
             raise ConfigError(f"fusion.alpha must be in [0, 1], got {self.fusion.alpha}")
-        if self.fusion.normalization not in NORMALIZATIONS:
-            raise ConfigError(f"fusion.normalization must be one of {NORMALIZATIONS}, got "
+        if self.fusion.normalization not in ("test_zscore", "none"):
+            raise ConfigError("fusion.normalization must be test_zscore or none, got "
                               f"{self.fusion.normalization!r}")
-        if self.fusion.calibration_images < 2:
-            raise ConfigError("fusion.calibration_images must be >= 2 (a std needs two "
-                              f"images), got {self.fusion.calibration_images}")
-        if not 0 < self.clip.temperature <= 1:
-            raise ConfigError(f"clip.temperature must be in (0, 1] (logits = cos / T; CLIP's "
-                              f"0.07; a logit scale of 100 is T = 0.01), got "
-                              f"{self.clip.temperature}")
-        if self.clip.prompt_states not in ("winclip", "extended"):
-            raise ConfigError(f"clip.prompt_states must be winclip or extended, got "
-                              f"{self.clip.prompt_states!r}")
-        if self.clip.bank_tokens not in ("unprojected", "projected"):
-            raise ConfigError(f"clip.bank_tokens must be unprojected or projected, got "
-                              f"{self.clip.bank_tokens!r}")
-        for key in ("language_layers", "bank_layers"):
-            layers = getattr(self.clip, key)
-            if not layers or any(int(i) == 0 for i in layers):
-                raise ConfigError(f"clip.{key} must list transformer blocks (1-based, or "
-                                  f"negative from the end), got {layers}")
         if not 0 < self.fusion.topk_fraction <= 1:
             raise ConfigError("fusion.topk_fraction must be in (0, 1]")
         if not 0 <= self.diffusion.timestep < 1000:

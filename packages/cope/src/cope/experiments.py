@@ -26,7 +26,7 @@ from cope.backends import Backend, HFBackend, OpenAIBackend, VLLMBackend
 from cope.cascade import Budget, Engine, ModelConfig, run_method
 from cope.config import CopeConfig
 from cope.server import ServerThread, serve_backend
-from cope.tasks import Problem, describe_data, load_problems
+from cope.tasks import Problem, load_problems
 from reprokit.config import to_dict
 from reprokit.errors import ConfigError
 from reprokit.progress import track
