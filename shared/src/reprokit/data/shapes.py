@@ -12,8 +12,12 @@ itself, so horizontal flips preserve the class).
 Why this setting: on raw pixels, or through a randomly initialised encoder, an image's nearest
 neighbours are images of similar colour, position and background, not of the same shape; a
 representation that is invariant to crops and colour jitter (what SimSiam/BYOL/SimCLR views
-teach) has to encode the shape. Measured floors and SSL accuracies are in
-``packages/gsg/README.md``.
+teach) has to encode the shape.
+
+Status: experimental, used by no package yet. In a first measurement (16 px, a 4-stage CNN of
+width 16, 1,200 steps, kNN k=20) SimSiam/SimCLR did not yet beat the raw-pixel and
+random-encoder floors (e.g. 0.24 vs 0.27 on an easier setting where a supervised CNN reaches
+0.72); larger images, gentler crops and re-rendered views are the next candidates.
 
 - ``render_shapes(labels, size, seed, region)``: images of given labels, plus the nuisance
   factors and the shape masks (``ShapeSplit``);
