@@ -93,8 +93,8 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
     claims = []
     k_max = max(res.shots)
     have_zero = 0 in res.shots
-    margin_note = ("compare(a, b): holds if mean(a) − mean(b) > 2·SE over reference draws, "
-                   "does not hold if < −2·SE, else inconclusive")
+    margin_note = ("compare(a, b) over reference draws: holds if the interval of "
+                   "mean(a) − mean(b) is above 0, does not hold if below, else inconclusive")
 
     def best_single(k: int, metric: str) -> str:
         return max(("clip", "diff"), key=lambda a: res.mean(a, k, metric))
@@ -157,8 +157,8 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
             "branches localise defects (P-AUROC > 0.5)",
             _measured(res, [("CLIP V", "clip_V", k_max), ("Diff V", "diff_V", k_max)],
                       "pixel_auroc"),
-            "all_of(threshold(P-AUROC, 0.5) for each V map): mean over seeds above 0.5 by "
-            "more than 2·SE", all_of(*parts), ["figures/shots.png"]))
+            "all_of(threshold(P-AUROC, 0.5) for each V map): the interval of the mean over "
+            "seeds above 0.5", all_of(*parts), ["figures/shots.png"]))
     return claims
 
 
@@ -338,12 +338,12 @@ perfect; some papers report the un-normalised area or integrate to FPR 1 — not
         "even random features separates them easily, so few-shot numbers here say more about "
         "the defects than about the method." if d["kind"] == "synthetic" else "",
         f"Few categories ({len(res.categories)}), few images and {len(cfg['seeds'])} "
-        "reference draws: the standard errors in the claims table are rough.",
+        "reference draws: the intervals in the claims table are wide.",
         "With random weights each branch's L map is untrained noise added to its V map, so the "
         "k-shot fused-vs-branch rows measure whether the visual signal survives that noise, "
         "not the paper's effect; the fused_V row isolates the fusion of the two visual maps."
         if random_weights else "",
-        "The ± in the tables and the SE in the rules cover the draws of the reference images "
+        "The ± in the tables and the intervals in the rules cover the draws of the reference images "
         "only; the test set is fixed, so its sampling error (a few dozen images per category) "
         "is not included.",
         "α, the timestep, the layers and the prompts are documented defaults, not tuned and "
