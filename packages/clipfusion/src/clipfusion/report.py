@@ -22,6 +22,7 @@ from reprokit.report import (
     new_figure,
     plot_band,
     save_figure,
+    signal_gate,
     summarize,
     threshold,
 )
@@ -110,8 +111,12 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
                     + ")")
             measured += " (random weights)"
         else:
-            verdict = compare(res.values("fused", 0, metric), res.values(best, 0, metric))
-            rule = f"a = fused, b = best single branch ({best}); " + margin_note
+            verdict = signal_gate(res.values(best, 0, metric), 0.5,
+                                  label=f"{best} − chance (0.5)").guard(
+                compare(res.values("fused", 0, metric), res.values(best, 0, metric),
+                        label=f"fused − {best}"))
+            rule = (f"a = fused, b = best single branch ({best}), decided only when that "
+                    "branch beats 0.5 AUROC; " + margin_note)
         claims.append(Claim("Zero-shot: the fused map segments better than the best single "
                             "branch (pixel AUROC, mean over categories)", measured, rule,
                             verdict, ["figures/roc.png"]))
@@ -125,8 +130,15 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
                 + "; " + _category_wins(res, k_max, metric)
                 + (" (random weights: the L maps inside each branch are untrained)"
                    if random_weights else ""),
-                f"a = fused, b = best single branch ({best}); " + margin_note,
-                compare(res.values("fused", k_max, metric), res.values(best, k_max, metric)),
+                f"a = fused, b = best single branch ({best}), paired by reference draw, "
+                "decided only when that branch beats 0.5 AUROC (else 'no signal'); "
+                + margin_note,
+                signal_gate(res.values(best, k_max, metric), 0.5,
+                            label=f"{best} − chance (0.5)").guard(
+                    compare(res.values("fused", k_max, metric), res.values(best, k_max, metric),
+                            paired=len(res.values("fused", k_max, metric))
+                            == len(res.values(best, k_max, metric)),
+                            label=f"fused − {best}")),
                 ["figures/roc.png", "figures/shots.png"]))
         if have_zero:
             parts = [compare(res.values("fused", k_max, m), res.values("fused", 0, m))
