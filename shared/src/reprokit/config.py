@@ -22,6 +22,20 @@ from reprokit.errors import ConfigError
 T = TypeVar("T")
 
 
+def read_yaml(path: Path, what: str = "config file") -> dict:
+    """A YAML mapping from `path`; errors name `what` and the file."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping at the top, got "
+                          f"{type(data).__name__}")
+    return data
+
+
 def _is_float_hint(hint) -> bool:
     if hint is float:
         return True
@@ -90,12 +104,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     where = cls.__name__
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        data = read_yaml(path)
         where = str(path)
     for text in overrides:
         key, value = parse_override(text)

@@ -12,7 +12,6 @@ subset is the same on every machine. Test sets stay balanced (as in ImageNet-LT)
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,18 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from reprokit.data.images import long_tailed_counts  # noqa: F401  (re-exported)
 from reprokit.errors import ConfigError, DatasetError
-
-
-def long_tailed_counts(num_classes: int, n_max: int, imbalance_ratio: float) -> list[int]:
-    """Per-class counts n_c = floor(n_max · ρ^(−c/(C−1))); ρ = 1 keeps every class at n_max."""
-    if imbalance_ratio < 1:
-        raise ConfigError(f"imbalance_ratio must be ≥ 1, got {imbalance_ratio}")
-    if num_classes < 2:
-        return [n_max] * num_classes
-    # The small epsilon keeps exact products (e.g. 100 · 10^-1 = 10) from flooring to 9.
-    return [max(1, math.floor(n_max * imbalance_ratio ** (-c / (num_classes - 1)) + 1e-9))
-            for c in range(num_classes)]
 
 
 def long_tailed_indices(labels: Sequence[int] | torch.Tensor, imbalance_ratio: float,

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cope.cascade import Limits, MethodConfig, ModelConfig, parse_method
 from cope.tasks import DataConfig, PromptConfig
-from reprokit.config import _build, parse_override, scale_config_path
+from reprokit.config import _build, parse_override, read_yaml, scale_config_path
 from reprokit.errors import ConfigError
 
 
@@ -93,17 +91,6 @@ def config_path(scale: str) -> Path:
     return scale_config_path("cope", scale)
 
 
-def _read_yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path}: expected a mapping at the top, got "
-                          f"{type(data).__name__}")
-    return data
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -157,10 +144,10 @@ def _list_index(node: list, key: str, dotted: str, where: str) -> int:
 def load(scale: str, overrides: list[str] = (), config_file: str | Path | None = None
          ) -> CopeConfig:
     path = config_path(scale)
-    data = _read_yaml(path, "config file")
+    data = read_yaml(path, "config file")
     where = str(path)
     if config_file:
-        data = merge(data, _read_yaml(Path(config_file), "--config"))
+        data = merge(data, read_yaml(Path(config_file), "--config"))
         where = f"{path} + {config_file}"
     for text in overrides:
         key, value = parse_override(text)

@@ -14,6 +14,7 @@ that stop at ``max_steps``). Folder datasets use per-image transforms and ``Mult
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,15 @@ class TensorBatches(IterableDataset):
         gen = torch.Generator().manual_seed(self.seed)
         while True:
             yield from self._batches(torch.randperm(n, generator=gen))
+
+
+def long_tailed_counts(num_classes: int, n_max: int, imbalance_ratio: float) -> list[int]:
+    """Per-class counts n_c = floor(n_max · ρ^(−c/(C−1))); ρ = 1 keeps every class at n_max
+    (CIFAR-LT; class 0 is the head)."""
+    if imbalance_ratio < 1:
+        raise ConfigError(f"imbalance_ratio must be ≥ 1, got {imbalance_ratio}")
+    if num_classes < 2:
+        return [n_max] * num_classes
+    # The small epsilon keeps exact products (e.g. 100 · 10^-1 = 10) from flooring to 9.
+    return [max(1, math.floor(n_max * imbalance_ratio ** (-c / (num_classes - 1)) + 1e-9))
+            for c in range(num_classes)]

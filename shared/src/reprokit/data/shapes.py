@@ -43,7 +43,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from reprokit.data.images import TensorSplit
+from reprokit.data.images import TensorSplit, long_tailed_counts
 from reprokit.errors import ConfigError
 
 SHAPES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "arrow", "L", "T")
@@ -264,17 +264,6 @@ def render_shapes(labels: torch.Tensor, size: int = 32, seed: int = 0,
                "bg_color": bg_color, "texture": tex_id, "texture_contrast": contrast,
                "clutter_mask": clutter_mask}
     return ShapeSplit(images.contiguous(), labels, mask, factors)
-
-
-def long_tailed_counts(num_classes: int, n_max: int, imbalance_ratio: float) -> list[int]:
-    """Per-class counts n_c = floor(n_max · ρ^(−c/(C−1))) (CIFAR-LT; class 0 is the head)."""
-    if imbalance_ratio < 1:
-        raise ConfigError(f"imbalance_ratio must be ≥ 1, got {imbalance_ratio}")
-    if num_classes < 2:
-        return [n_max] * num_classes
-    # the epsilon keeps exact products (100 · 10^-1 = 10) from flooring to 9
-    return [max(1, math.floor(n_max * imbalance_ratio ** (-c / (num_classes - 1)) + 1e-9))
-            for c in range(num_classes)]
 
 
 def _labels_for(counts: Sequence[int], seed: int) -> torch.Tensor:
