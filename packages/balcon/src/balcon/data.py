@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from reprokit.data.images import long_tailed_counts  # noqa: F401  (re-exported)
+from reprokit.data.images import long_tailed_counts
 from reprokit.errors import ConfigError, DatasetError
 
 
