@@ -4,6 +4,8 @@ SHELL := /bin/bash
 
 PAPERS   := perln gsg balcon clipfusion cope
 MEMBERS  := shared $(addprefix packages/,$(PAPERS))
+# scripts/ is not a package, but its tests (the GPU check script at tiny shapes) run with the rest.
+TESTED   := $(MEMBERS) scripts
 SCALE    ?= cpu
 ARGS     ?=
 # Extra pytest arguments for the test targets, e.g. PYTEST_ARGS='-m "not ddp"' skips the
@@ -36,7 +38,7 @@ sync: uv
 # Each member is tested on its own, as the GitHub matrix installs it; pytest's exit code 5
 # ("no tests collected") is not a failure for a member that has none yet.
 test: sync
-	@fail=0; for m in $(MEMBERS); do \
+	@fail=0; for m in $(TESTED); do \
 		[ -d $$m/tests ] || continue; \
 		echo "== $$m"; \
 		$(OFFLINE) $(UV) run --no-sync pytest $$m/tests $(PYTEST_ARGS); rc=$$?; \
