@@ -156,3 +156,62 @@ def test_visa_split_csv(synth, tmp_path):
     csv_path.write_text("\n".join(rows[:-1] + [rows[-1].rsplit(",", 1)[0] + ","]) + "\n")
     with pytest.raises(DatasetError, match="has no mask"):
         VisADataset(synth, "brick", "test", split_csv=csv_path)
+
+
+def test_visa_split_script_masks_named_like_the_image(synth, tmp_path):
+    """MVTec layout as VisA's split script writes it: ground_truth/bad/<stem>.png, 0/1."""
+    root = _copy(synth, tmp_path)
+    gt = root / "brick" / "ground_truth" / "hole"
+    mask = np.asarray(Image.open(gt / "001_mask.png")) > 0
+    (gt / "001_mask.png").unlink()
+    Image.fromarray(mask.astype(np.uint8)).save(gt / "001.png")  # values 0/1, not 0/255
+    test = MVTecDataset(root, "brick", "test")
+    rec = next(r for r in test.records if r["path"].name == "001.png"
+               and r["defect"] == "hole")
+    assert rec["mask"] == gt / "001.png"
+    item = test[test.records.index(rec)]
+    np.testing.assert_array_equal(item["mask"][0].numpy().astype(bool), mask)
+
+
+def test_truncated_png_is_caught_when_the_dataset_is_built(synth, tmp_path):
+    root = _copy(synth, tmp_path)
+    bad = root / "grass" / "test" / "blend" / "000.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # the header (and size) is intact
+    with Image.open(bad) as img:
+        assert img.size == (SIZE, SIZE)
+    with pytest.raises(DatasetError, match=r"cannot decode image .*grass/test/blend/000.png"):
+        MVTecDataset(root, "grass", "test")
+    mask = root / "brick" / "ground_truth" / "scratch" / "001_mask.png"
+    mask.write_bytes(mask.read_bytes()[:-20])
+    with pytest.raises(DatasetError, match=r"cannot decode image .*001_mask.png"):
+        MVTecDataset(root, "brick", "test")
+
+
+def test_truncated_jpeg_is_caught(synth, tmp_path):
+    root = _copy(synth, tmp_path)
+    folder = root / "brick" / "train" / "good"
+    Image.open(folder / "000.png").convert("RGB").save(folder / "000.jpg", quality=90)
+    assert len(MVTecDataset(root, "brick", "train")) == 3  # a complete JPEG is read
+    jpg = folder / "000.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match=r"000.jpg.*truncated JPEG"):
+        MVTecDataset(root, "brick", "train")
+
+
+def test_load_reads_the_file_at_each_requested_size(synth):
+    test = MVTecDataset(synth, "grass", "test", image_size=16)
+    index = test.labels.index(1)  # an anomalous image
+    item = test.load(index, [(16, 16), (64, 64), (SIZE, SIZE), (16, 16)])
+    assert set(item["images"]) == {(16, 16), (64, 64), (SIZE, SIZE)}
+    with Image.open(test.records[index]["path"]) as img:
+        original = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+        big = np.asarray(img.convert("RGB").resize((64, 64), Image.BILINEAR),
+                         dtype=np.float32) / 255
+    # the stored size is the file itself; 64 px is resized from the file, not from 16 px
+    np.testing.assert_array_equal(item["images"][(SIZE, SIZE)].permute(1, 2, 0).numpy(),
+                                  original)
+    np.testing.assert_array_equal(item["images"][(64, 64)].permute(1, 2, 0).numpy(), big)
+    torch.testing.assert_close(item["images"][(16, 16)], test[index]["image"])
+    assert item["mask"].shape == (1, 16, 16) and item["label"] == 1
+    torch.testing.assert_close(item["mask"], test[index]["mask"])

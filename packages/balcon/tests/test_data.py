@@ -72,3 +72,37 @@ def test_split_file_errors_name_the_problem(tmp_path):
     split.write_text("train/absent.png 3\n")
     with pytest.raises(DatasetError, match="absent.png"):
         SplitFileDataset(tmp_path, split)
+
+
+def test_long_tailed_scenes_are_a_subset_of_the_balanced_ones():
+    from balcon.data import ScenesData
+
+    balanced = ScenesData(long_tailed=False, imbalance_ratio=10.0, image_size=12)
+    lt = ScenesData(long_tailed=True, imbalance_ratio=10.0, image_size=12)
+    assert lt.train_counts() == long_tailed_counts(10, min(balanced.train_counts()), 10.0)
+    # training inputs are glyphs, the bank is a fixed rendering of the same instances
+    assert lt.train.images.shape[1:] == (1, 8, 8) and lt.bank.images.shape[1:] == (3, 12, 12)
+    assert torch.equal(lt.bank.labels, lt.train.labels)
+    keep = long_tailed_indices(balanced.train.labels, 10.0, 0)
+    assert torch.equal(lt.bank.images, balanced.bank.images[keep])
+    assert torch.equal(lt.test.images, balanced.test.images)  # one fixed balanced test set
+    assert lt.input_shape == (3, 12, 12)
+    # views are fresh renderings: two draws of the same glyphs differ, one seed repeats
+    views = lt.augment(1.0)
+    a = views(lt.train.images[:8], generator=torch.Generator().manual_seed(1))
+    b = views(lt.train.images[:8], generator=torch.Generator().manual_seed(1))
+    c = views(lt.train.images[:8], generator=torch.Generator().manual_seed(2))
+    assert a.shape == (8, 3, 12, 12) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_shapes_long_tailed_subset_and_bias_views():
+    from balcon.data import ShapesData
+
+    lt = ShapesData(long_tailed=True, imbalance_ratio=4.0, image_size=12, train_per_class=20,
+                    test_per_class=3)
+    assert lt.train_counts() == long_tailed_counts(10, 20, 4.0)
+    assert lt.test.images.shape == (30, 3, 12, 12)
+    encoder = torch.nn.Flatten()
+    feats, labels = lt.view_features(encoder, 1.0, 3, "cpu", seed=0)
+    assert feats.shape == (3, 30, 3 * 12 * 12) and torch.equal(labels, lt.test.labels)
+    assert not torch.equal(feats[0], feats[1])  # each of the M views is its own draw

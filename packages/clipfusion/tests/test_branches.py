@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from clipfusion.attention import AttentionStore, RecordingAttnProcessor
-from clipfusion.clip_branch import PatchCLIP, memory_bank_distance, winclip_window_map
+from clipfusion.clip_branch import PatchCLIP, winclip_window_map
 from clipfusion.config import load
 from clipfusion.diffusion_branch import MapDiff, feature_distance, token_positions
-from clipfusion.fusion import branch_map, fuse, gaussian_smooth, image_score, standardize
+from clipfusion.fusion import branch_map, fuse, gaussian_smooth, image_score, moments, standardize
+from clipfusion.memory import memory_bank_distance
 from reprokit.errors import OfflineError
 
 
@@ -76,9 +77,9 @@ def test_prompt_words_are_found(mapdiff):
 def test_memory_bank_distance_zero_for_reference_itself(patchclip, mapdiff):
     x = _images(3)
     f = patchclip.encode_images(x)
-    ref = f["patches"][:1]
-    d = memory_bank_distance(f["patches"], ref.reshape(-1, ref.shape[-1]))
-    assert d.shape == (3, *f["patches"].shape[1:3])
+    ref = f["bank"][0][:1]
+    d = memory_bank_distance(f["bank"][0], ref.reshape(-1, ref.shape[-1]))
+    assert d.shape == f["bank"][0].shape[:2]
     assert d[0].abs().max() < 1e-5 and d[1:].mean() > 1e-3
     feats = mapdiff.encode_images(x, "brick")["features"]
     again = mapdiff.encode_images(x[:1], "brick")["features"]  # fixed noise: same features
@@ -96,8 +97,8 @@ def test_memory_bank_distance_by_hand():
 
 def test_clip_maps_and_winclip_windows(patchclip):
     f = patchclip.encode_images(_images(2))
-    lang = patchclip.language_map(f["patches"], "brick")
-    assert lang.shape == f["patches"].shape[:3] and ((lang >= 0) & (lang <= 1)).all()
+    lang = patchclip.language_map(f["language"], "brick")
+    assert lang.shape == f["language"][0].shape[:3] and ((lang >= 0) & (lang <= 1)).all()
     assert patchclip.global_score(f["global"], "brick").shape == (2,)
     assert "brick" in patchclip._text_cache  # text embeddings are cached per category
     win = winclip_window_map(patchclip, _images(2), "brick", scales=(2,))
@@ -108,13 +109,16 @@ def test_fusion_arithmetic():
     a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     b = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
     torch.testing.assert_close(fuse(a, b, 0.25), 0.25 * a + 0.75 * b)
-    z = standardize(a)
+    z = standardize(a)  # its own moments: mean 2.5, std sqrt(5/3)
     assert z.mean().abs() < 1e-6 and (z.std() - 1).abs() < 1e-6
-    torch.testing.assert_close(standardize(a, "none"), a)
-    torch.testing.assert_close(branch_map(a, None), standardize(a))
-    torch.testing.assert_close(branch_map(a, b), standardize(a) + standardize(b))
-    # M = α (L_c + V_c) + (1 − α)(L_d + V_d), here with "none" normalisation
-    m = fuse(branch_map(a, b, "none"), branch_map(b, a, "none"), 0.5)
+    assert moments(a) == pytest.approx((2.5, (5 / 3) ** 0.5))
+    # with given (mean, std), e.g. from normal reference images
+    torch.testing.assert_close(standardize(a, (1.0, 2.0)), (a - 1) / 2)
+    torch.testing.assert_close(standardize(a, (1.0, 0.0)), a - 1)  # zero std: shift only
+    torch.testing.assert_close(branch_map(a, None), a)
+    torch.testing.assert_close(branch_map(a, b), a + b)
+    # M = α (L_c + V_c) + (1 − α)(L_d + V_d)
+    m = fuse(branch_map(a, b), branch_map(b, a), 0.5)
     torch.testing.assert_close(m, a + b)
 
 

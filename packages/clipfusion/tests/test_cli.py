@@ -80,3 +80,65 @@ def test_malformed_dataset_fails_clearly(capsys, tmp_path):
     (root / "brick" / "ground_truth" / "hole" / "000_mask.png").unlink()
     err = _error(capsys, [*base, "--run-name", "d", "--set", f"data.root={root}"])
     assert "has no mask" in err and "000_mask.png" in err
+
+
+def _small_mvtec(tmp_path):
+    root = tmp_path / "mvtec"
+    make_synthetic_mvtec(root, categories=("brick",), n_train=5, n_test_good=1, n_test_defect=1,
+                         image_size=32)
+    base = ["reproduce", "--scale", "smoke", "--out", str(tmp_path / "runs"),
+            "--set", "data.kind=mvtec", "--set", "data.categories=[brick]",
+            "--set", f"data.root={root}"]
+    return root, base
+
+
+def _no_models(monkeypatch):
+    """Building a model fails loudly: the data checks must come first."""
+    import clipfusion.experiments
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were built before the data was checked")
+
+    monkeypatch.setattr(clipfusion.experiments.Pipeline, "__init__", refuse)
+
+
+def test_a_test_set_of_only_good_images_is_an_error_naming_the_category(capsys, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    root, base = _small_mvtec(tmp_path)
+    for defect in ("blend", "scratch", "hole"):
+        shutil.rmtree(root / "brick" / "test" / defect)
+    _no_models(monkeypatch)
+    err = _error(capsys, [*base, "--run-name", "g"])
+    assert "category 'brick'" in err and "no anomalous image" in err
+
+
+def test_a_truncated_png_fails_before_the_models_are_built(capsys, tmp_path, monkeypatch):
+    root, base = _small_mvtec(tmp_path)
+    png = root / "brick" / "test" / "scratch" / "000.png"
+    png.write_bytes(png.read_bytes()[:-30])  # cut inside the last chunks
+    _no_models(monkeypatch)
+    err = _error(capsys, [*base, "--run-name", "t"])
+    assert "cannot decode image" in err and "scratch/000.png" in err
+
+
+def test_visa_split_script_layout_masks_named_like_the_image(tmp_path):
+    """VisA converted by its split script: MVTec layout, defect folder "bad", masks
+    ground_truth/bad/<stem>.png with values 0/255; run end to end."""
+    import shutil
+
+    root, base = _small_mvtec(tmp_path)
+    cat = root / "brick"
+    (cat / "test" / "bad").mkdir()
+    (cat / "ground_truth" / "bad").mkdir()
+    for i, defect in enumerate(("blend", "scratch", "hole")):
+        shutil.move(cat / "test" / defect / "000.png", cat / "test" / "bad" / f"{i:03d}.png")
+        shutil.move(cat / "ground_truth" / defect / "000_mask.png",
+                    cat / "ground_truth" / "bad" / f"{i:03d}.png")
+        shutil.rmtree(cat / "test" / defect)
+        shutil.rmtree(cat / "ground_truth" / defect)
+    assert main([*base, "--run-name", "v", "--shots", "0,1", "--seeds", "0"]) == 0
+    result = json.loads((tmp_path / "runs" / "clipfusion" / "v" / "results" / "brick.json")
+                        .read_text())
+    assert result["n_anomalous"] == 3 and result["n_test"] == 4

@@ -1,10 +1,13 @@
 """Scripted small/large models and the COPE method shared by the tests."""
 
+import copy
+import json
 import re
 
 from cope.backends import ScriptedBackend
 from cope.cascade import Engine, Limits, MethodConfig, ModelConfig, StageConfig
-from cope.tasks import Problem, PromptConfig
+from cope.config import CopeConfig
+from cope.tasks import DataConfig, Problem, PromptConfig
 
 PRICE_IN, PRICE_OUT = 2.5, 10.0
 
@@ -60,3 +63,32 @@ def cope_method(threshold: float = 0.75, name: str = "cope") -> MethodConfig:
 
 PROMPTS = PromptConfig()
 LIMITS = Limits()
+
+
+METHODS = [
+    {"name": "small_only", "stages": [{"executor": "small", "executions_per_plan": 4}]},
+    {"name": "large_only", "stages": [{"executor": "large", "executions_per_plan": 1,
+                                       "temperature": 0.0}]},
+    {"name": "cascade_no_plan", "stages": [
+        {"executor": "small", "executions_per_plan": 4},
+        {"executor": "large", "executions_per_plan": 1, "temperature": 0.0}]},
+    {"name": "cope", "stages": [
+        {"planner": "small", "plans": 4, "executions_per_plan": 1, "executor": "small"},
+        {"planner": "large", "executor": "small", "executions_per_plan": 4},
+        {"planner": "large", "executor": "large", "executions_per_plan": 1,
+         "temperature": 0.0}]},
+]
+
+
+def make_config(tmp_path, **overrides) -> CopeConfig:
+    """Six scripted problems (easy, medium, hard twice) in a task file, the four methods."""
+    rows = [{"id": f"p{i}", "question": f"{kind} question {i}", "answer": gold}
+            for i, (kind, gold) in enumerate([("EASY", "1"), ("MEDIUM", "2"), ("HARD", "3")] * 2)]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return CopeConfig(scale="test", data=DataConfig(source="jsonl", path=str(path), size=6),
+                      models=[{"name": "small", "backend": "hf", "model": "scripted"},
+                              {"name": "large", "backend": "openai", "model": "scripted",
+                               "price_in": 2.5, "price_out": 10.0}],
+                      methods=copy.deepcopy(METHODS), chunk_size=3, sweep_thresholds=[0.5],
+                      **overrides)

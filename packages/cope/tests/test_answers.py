@@ -42,3 +42,33 @@ def test_majority_vote_counts_malformed_in_the_share():
     assert tie.top == "5"  # first seen wins a tie
     empty = majority_vote([None, None])
     assert empty.top is None and empty.share == 0.0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Answer: 1e400", "1e400"),  # not 1: too large for a float, kept as text
+    ("Answer: 2.5e3", "2500"),
+    ("Answer: 1E-3", "0.001"),
+    ("so the result is 3e2", "300"),
+])
+def test_exponents_are_part_of_the_number(text, expected):
+    assert extract_math_answer(text) == expected
+
+
+def test_an_overflowing_answer_is_not_read_as_its_mantissa():
+    assert not check_math(extract_math_answer("Answer: 1e400"), "1")
+    assert check_math(extract_math_answer("Answer: 2.5e3"), "2500")
+
+
+def test_report_counts_unparsable_apart_from_wrong():
+    from cope.report import method_table
+
+    def row(answer, correct):
+        return {"answer": answer, "correct": correct, "settled_stage": 1, "stages_run": 1,
+                "reason": "confident", "cost_usd": 0.0, "tokens": {}, "errors": [],
+                "stages": [{"answers": [answer], "malformed": int(answer is None)}]}
+
+    records = [{"methods": {"m": row(a, c)}}
+               for a, c in [("1", True), ("7", False), (None, False), (None, False)]]
+    t = method_table(records)["m"]
+    assert (t["wrong"], t["unparsable"], t["accuracy"]) == (1, 2, 0.25)
+    assert t["malformed_share"] == 0.5

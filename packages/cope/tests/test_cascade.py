@@ -119,3 +119,39 @@ def test_methods_share_samples_but_each_is_charged(problems, scripted):
     more = MethodConfig("small8", [StageConfig("small", executions_per_plan=6)])
     run_method(more, problems[:1], engine, PROMPTS, LIMITS)
     assert small.calls[-1][1] == 2
+
+
+def test_a_huge_model_output_is_capped_and_counted(problems, scripted):
+    from cope.cascade import Limits
+
+    engine, _, _ = scripted
+    flood = "x" * (5 << 20) + " Answer: 3"
+    engine.backends["large"] = ScriptedBackend(lambda text, k: flood, "large")
+    limits = Limits(max_output_chars=1000)
+    out = run_method(cope_method(), problems, engine, PROMPTS, limits)["hard"]
+    stored = [t for s in out["stages"] for t in s["outputs"] + s["plans"]]
+    assert max(len(t) for t in stored) <= 1000
+    assert out["truncated_outputs"] == 2  # the large plan and the large execution
+    assert out["stages"][2]["truncated_outputs"] == 1
+    import json
+
+    assert len(json.dumps(out)) < 50_000
+
+
+def test_budget_cap_applies_to_a_method_whose_only_stage_is_paid(problems, scripted):
+    engine, _, large = scripted
+    large_only = MethodConfig("large_only", [StageConfig("large", executions_per_plan=1,
+                                                         temperature=0.0)])
+    one = run_method(large_only, problems[:1], engine, PROMPTS, LIMITS)["easy"]["cost_usd"]
+    engine.clear()
+    budget = Budget(cap_usd=1.5 * one)
+    spent = []
+    for p in problems * 2:  # one problem per batch: the cap is checked before each
+        r = run_method(large_only, [p], engine, PROMPTS, LIMITS, budget)[p.id]
+        spent.append(r["cost_usd"])
+        engine.clear()
+    assert budget.spent_usd <= budget.cap_usd + one  # overshoot: at most one batch's stage
+    assert sum(c > 0 for c in spent) == 2 and spent[2:] == [0.0] * 4
+    capped = run_method(large_only, problems[:1], engine, PROMPTS, LIMITS, budget)["easy"]
+    assert capped["reason"] == "budget_cap" and capped["answer"] is None
+    assert not capped["correct"] and capped["stages_run"] == 0

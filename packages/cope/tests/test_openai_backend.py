@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from cope.backends import OpenAIBackend, ScriptedBackend
-from cope.server import ModelResponder, ServerThread, create_app, serve_backend
+from cope.server import ModelService, ServerThread, create_app, serve_backend
 
 
 def echo(text: str, k: int) -> str:
@@ -36,13 +36,13 @@ def test_samples_usage_and_stop_over_http(served):
 
 def test_concurrent_requests_share_a_batch():
     backend = ScriptedBackend(echo, "echo")
-    responder = ModelResponder(backend, wait_s=0.3)
-    with ServerThread(create_app(responder, "echo-model")) as url:
+    service = ModelService(backend, "echo-model", wait_s=0.3)
+    with ServerThread(create_app(service)) as url:
         client = OpenAIBackend(url, "echo-model", concurrency=8, timeout_s=10)
         gens = client.generate([f"q{i} x" for i in range(6)], n=2, max_tokens=4)
     assert all(len(g.texts) == 2 for g in gens)
     assert len(backend.calls) < 6  # fewer backend calls than requests
-    assert sum(responder.batches) == 6
+    assert sum(service.batches) == 6
 
 
 def flaky_app(failures: int, status: int = 503):
@@ -96,3 +96,42 @@ def test_unreachable_endpoint_is_an_error():
                            backoff_s=0.01, timeout_s=2)
     gen = client.generate(["q"])[0]
     assert gen.error and "Connection" in gen.error
+
+
+def recording_app(status: int = 200, content: str = "Answer: 4"):
+    app = FastAPI()
+    bodies = []
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        bodies.append(body)
+        if status != 200:
+            return JSONResponse({"error": {"message": "invalid api key"}}, status_code=status)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+
+    return app, bodies
+
+
+def test_max_tokens_stop_and_n_go_on_the_request():
+    app, bodies = recording_app()
+    with ServerThread(app) as url:
+        OpenAIBackend(url, "m").generate(["q"], n=3, temperature=0.5, max_tokens=17,
+                                         stop=["\n\n"], seed=4)
+    (body,) = bodies
+    assert (body["max_tokens"], body["n"], body["temperature"], body["stop"], body["seed"]) \
+        == (17, 3, 0.5, ["\n\n"], 4)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_fail_fast(status):
+    from cope.backends import BackendAuthError
+
+    app, bodies = recording_app(status=status)
+    with ServerThread(app) as url:
+        client = OpenAIBackend(url, "m", max_retries=5, backoff_s=0.01, name="large")
+        with pytest.raises(BackendAuthError, match=f"model 'large' .*{status}"):
+            client.generate(["q"])
+    assert len(bodies) == 1  # not retried

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 
 import pytest
 
@@ -68,6 +69,58 @@ def test_empty_corpus_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no non-empty text" in capsys.readouterr().err
 
 
+def test_a_failed_start_leaves_no_run_folder_and_keeps_latest(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert main(["reproduce", "--scale", "smoke", "--out", str(root), "--run-name", "good",
+                 "--set", "sweep.placements=[pre,peri]", "--set", "sweep.lrs=[2e-2]",
+                 "--seeds", "0", "--set", "train.steps=4", "--set", "sweep.sample_tokens=0"]) == 0
+    latest = root / "perln" / "latest"
+    assert latest.is_symlink() and latest.resolve() == (root / "perln" / "good").resolve()
+    capsys.readouterr()
+    missing = tmp_path / "no-such-corpus.txt"
+    code = main(["reproduce", "--scale", "smoke", "--out", str(root), "--run-name", "bad",
+                 "--set", f"data.source={missing}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(missing) in err and "does not exist" in err
+    assert not (root / "perln" / "bad").exists()
+    assert latest.resolve() == (root / "perln" / "good").resolve()
+    # a copy of a run folder (as in results/cpu) rebuilds its report anywhere, latest untouched
+    copy = tmp_path / "results" / "cpu"
+    shutil.copytree(root / "perln" / "good", copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (copy / "report.md").unlink()
+    assert main(["report", "--path", str(copy)]) == 0
+    assert "## Claims" in (copy / "report.md").read_text()
+    assert latest.resolve() == (root / "perln" / "good").resolve()
+    assert not (tmp_path / "results" / "latest").exists()
+
+
+def test_readme_lr_override_in_scientific_notation_parses():
+    # YAML reads 1e-2 (no dot) as a string; the README's own example must still work
+    cfg = load("smoke", ["sweep.lrs=[1e-2,1e-1]", "sweep.contrast_lr=1e-1"])
+    assert cfg.sweep.lrs == [0.01, 0.1] and cfg.sweep.contrast_lr == 0.1
+
+
+def test_fsdp_on_cpu_is_refused_before_any_folder(tmp_path, capsys):
+    code = main(["reproduce", "--scale", "smoke", "--out", str(tmp_path), "--accelerator", "cpu",
+                 "--set", "train.strategy=fsdp"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.strategy=fsdp needs CUDA GPUs" in err and "train.strategy=ddp" in err
+    assert not (tmp_path / "perln").exists()
+
+
+def test_paper_scale_offline_fails_at_once_naming_the_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["reproduce", "--scale", "paper", "--out", str(tmp_path), "--accelerator", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "mlfoundations/dclm-baseline-1.0" in err and "offline" in err
+    assert "data.source=stdlib" in err  # the offline alternative, as a perln option
+    assert not (tmp_path / "perln").exists()
+
+
 def test_resume_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path), "--run-name", "nope", "--resume"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -78,5 +131,9 @@ def test_paper_config_parses_and_describes_the_400m_setting():
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == (24, 1024, 16)
     assert cfg.data.source.startswith("hf:") and cfg.data.tokenizer != "bytes"
     assert any(abs(lr - 2e-3) < 1e-12 for lr in cfg.sweep.lrs)
+    assert cfg.sweep.placements == ["pre", "peri", "post"] and len(cfg.sweep.seeds) == 5
+    assert cfg.lrs_of("post") != cfg.lrs_of("pre")  # post has its own (lower) grid
+    assert cfg.data.val_source == "hf:allenai/c4:en" and cfg.data.val_split == "validation"
+    assert "dclm" in cfg.data.source
     with pytest.raises(ConfigError):
         load("huge")

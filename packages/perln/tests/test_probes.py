@@ -112,3 +112,18 @@ def test_divergence_stops_the_arm_and_is_recorded(monkeypatch):
     result = summarize_arm(cfg, Arm("pre", 1e-2, 0), module.history, module.diverged)
     assert result["diverged"] and math.isnan(result["final_val_loss"])
     assert result["completed_steps"] <= 9 + cfg.probe.sync_every
+
+
+def test_bench_reports_every_variant_and_the_fp16_stream_cost():
+    from perln.bench import BenchArgs, run_bench
+
+    out = run_bench(BenchArgs(n_layer=1, n_head=2, d_model=8, block_size=8, batch_size=2,
+                              vocab_size=11, steps=2, warmup=1, rounds=1, accelerator="cpu",
+                              threads=1))
+    assert set(out["tokens_per_s"]) == {"reference", "perln", "perln_instrumented",
+                                        "perln_probing", "perln_fp16_stream"}
+    assert all(v > 0 for v in out["tokens_per_s"].values())
+    tps = out["tokens_per_s"]
+    assert out["fp16_stream_overhead"] == pytest.approx(
+        tps["perln"] / tps["perln_fp16_stream"] - 1, abs=2e-3)
+    assert out["fp16_stream_overhead_target"] == 0.05 and out["threads"] == 1

@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   balcon reproduce --run-name cpu-x --resume           # continue a killed run / rewrite report
   balcon reproduce --scale cpu --set train.steps=600 --seeds 0,1,2,3
   balcon reproduce --scale paper --set data.root=/data/cifar --accelerator cuda
-  balcon bench --backbone digits_cnn --batch-size 256
+  balcon bench                                         # the cpu config's step vs plain PyTorch
 """
 
 
@@ -51,13 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch CPU threads (default: 1 for digits, whose tiny models run "
                           "fastest on one thread; all cores otherwise)")
     bench = sub.add_parser("bench", help="training-step throughput vs a plain PyTorch SimCLR step")
-    bench.add_argument("--backbone", default="digits_cnn",
-                       help="reprokit backbone (digits_mlp, digits_cnn, resnet18_cifar)")
-    bench.add_argument("--batch-size", type=int, default=256)
-    bench.add_argument("--steps", type=int, default=30, help="timed steps per loop")
+    bench.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
+                       help="whose training step to time: that scale's backbone, input shape, "
+                            "batch and augmentation (default: cpu)")
+    bench.add_argument("--backbone", help="override the config's reprokit backbone")
+    bench.add_argument("--batch-size", type=int, help="override train.batch_size")
+    bench.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value (repeatable)")
+    bench.add_argument("--steps", type=int, default=30, help="timed steps per loop and round")
     bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=2,
+                       help="alternations of the two loops; each side keeps its best")
     bench.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     return parser
 
 
@@ -75,7 +81,7 @@ def reproduce(args) -> int:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     cfg = load(args.scale, overrides)
     # Tiny models run fastest on one thread; several threads only add contention.
-    threads = args.threads or (1 if cfg.data.name in ("digits", "shapes") else None)
+    threads = args.threads or (1 if cfg.data.name in ("digits", "scenes", "shapes") else None)
     runtime = setup(args.accelerator, cfg.train.precision, threads=threads)
     # Under DDP, Lightning re-runs this command once per extra rank (LOCAL_RANK set): those
     # processes join the training of each arm and write nothing; rank 0 owns the run folder,
@@ -122,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             return reproduce(args)
         from balcon.bench import bench
 
-        print(json.dumps(bench(args.backbone, args.batch_size, args.steps, args.warmup,
-                               args.accelerator, args.threads)))
+        print(json.dumps(bench(args.scale, args.backbone, args.batch_size, args.steps,
+                               args.warmup, args.accelerator, args.threads, args.rounds,
+                               args.overrides)))
         return 0
     except ReprokitError as err:
         print(f"error: {err}", file=sys.stderr)

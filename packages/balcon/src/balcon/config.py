@@ -8,18 +8,21 @@ from pathlib import Path
 from reprokit.config import load_config, scale_config_path
 from reprokit.errors import ConfigError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt")
+DATASETS = ("digits", "scenes", "shapes", "cifar10", "cifar100", "imagenet_lt")
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"              # digits | cifar10 | cifar100 | imagenet_lt
+    name: str = "digits"              # digits | scenes | shapes | cifar10 | cifar100 | imagenet_lt
     root: str = "data"                # folder of CIFAR / ImageNet (unused for digits)
     download: bool = False            # CIFAR only, needs the network
     imbalance_ratio: float = 10.0     # ρ = n_head / n_tail of the long-tailed training set
     lt_seed: int = 0                  # which images of a class the long-tailed subset keeps
     test_fraction: float = 0.3        # digits: stratified test split
-    image_size: int = 32              # natural images: crop size
+    image_size: int = 32              # natural images: crop size; scenes/shapes: canvas
+    train_per_class: int = 500        # shapes: balanced training images per class (= n_max)
+    test_per_class: int = 200         # shapes: test images per class
+    render: dict = field(default_factory=dict)  # scenes/shapes: renderer kwargs (noise, ...)
     train_split_file: str = "ImageNet_LT_train.txt"   # imagenet_lt: relative to root
     test_split_file: str = "ImageNet_LT_test.txt"
     num_workers: int = 0

@@ -1,4 +1,4 @@
-"""Datasets: balanced and long-tailed digits (offline), CIFAR (local/online), ImageNet-LT.
+"""Datasets: balanced and long-tailed digits and procedural shapes (offline), CIFAR (local/online), ImageNet-LT.
 
 Long-tailed subsets follow the usual CIFAR-LT recipe (Cui et al., 2019): class c (in label
 order, c = 0 the head) keeps
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from reprokit.data.images import long_tailed_counts
+from reprokit.data.images import TensorSplit, long_tailed_counts
 from reprokit.errors import ConfigError, DatasetError
 
 
@@ -153,19 +153,23 @@ class ShardedBatches(torch.utils.data.IterableDataset):
 
 
 
-class DigitsData:
-    """scikit-learn digits, balanced or long-tailed training set, balanced test set."""
+class InMemoryData:
+    """A balanced or long-tailed in-memory training set, a balanced test set, and batched
+    views (``TensorAugment``). Subclasses load the splits and name the augmentation."""
 
-    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
-                 test_fraction: float = 0.3):
-        from reprokit.data.images import load_digits
+    num_classes = 10
+    in_channels = 1
 
-        train, self.test = load_digits(test_fraction=test_fraction)
+    def __init__(self, train, test, long_tailed: bool, imbalance_ratio: float, lt_seed: int):
         if long_tailed:
             train = train.subset(long_tailed_indices(train.labels, imbalance_ratio, lt_seed))
-        self.train = train
-        self.num_classes = 10
-        self.in_channels = 1
+        self.train, self.test = train, test
+        self.bank = train  # what the kNN bank / linear probe are fitted on
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one training input (what an MLP encoder flattens)."""
+        return tuple(self.test.images.shape[1:])
 
     def train_counts(self) -> list[int]:
         return class_counts(self.train.labels, self.num_classes)
@@ -180,15 +184,13 @@ class DigitsData:
             ShardedBatches(self.train.images, batch_size, seed, start_step), batch_size=None)
 
     def augment(self, strength: float):
-        from reprokit.data.augment import digits_augment
-
-        return digits_augment(strength)
+        raise NotImplementedError
 
     @torch.no_grad()
     def features(self, encoder, split: str, device, max_images: int = 0):
         from reprokit.evaluation import extract_features
 
-        data = self.train if split == "train" else self.test
+        data = self.bank if split == "train" else self.test
         images, labels = data.images, data.labels
         if max_images:
             images, labels = images[:max_images], labels[:max_images]
@@ -200,13 +202,106 @@ class DigitsData:
         """(m_max, N, D) features of m_max augmented views of each test image."""
         from reprokit.evaluation import extract_features
 
-        images, labels = self.test.images, self.test.labels
+        images, labels = self.view_sources()
         if max_images:
             images, labels = images[:max_images], labels[:max_images]
         augment = self.augment(strength)
         gen = torch.Generator().manual_seed(seed)
         views = [extract_features(encoder, augment(images, generator=gen), device=device)
                  for _ in range(m_max)]
+        return torch.stack(views), labels
+
+    def view_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the views of a test image are drawn from (the image itself, by default)."""
+        return self.test.images, self.test.labels
+
+
+class DigitsData(InMemoryData):
+    """scikit-learn digits, balanced or long-tailed training set, balanced test set."""
+
+    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
+                 test_fraction: float = 0.3):
+        from reprokit.data.images import load_digits
+
+        super().__init__(*load_digits(test_fraction=test_fraction), long_tailed,
+                         imbalance_ratio, lt_seed)
+
+    def augment(self, strength: float):
+        from reprokit.data.augment import digits_augment
+
+        return digits_augment(strength)
+
+
+class ShapesData(InMemoryData):
+    """reprokit's procedural shapes (RGB, one shape class per image on a textured,
+    cluttered background, every nuisance drawn per image). The long-tailed training set is a
+    deterministic subset of the balanced one (the CIFAR-LT recipe), so the two variants
+    differ only in which images they keep; the test set is the fixed balanced one."""
+
+    in_channels = 3
+
+    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
+                 image_size: int = 32, train_per_class: int = 500, test_per_class: int = 200,
+                 render: dict | None = None):
+        from reprokit.data.shapes import load_shapes
+
+        train, test = load_shapes(train_per_class, test_per_class, size=image_size,
+                                  **(render or {}))
+        self.num_classes = int(train.labels.max()) + 1
+        super().__init__(train, test, long_tailed, imbalance_ratio, lt_seed)
+
+    def augment(self, strength: float):
+        from reprokit.data.augment import shapes_augment
+
+        return shapes_augment(strength)
+
+
+class ScenesData(InMemoryData):
+    """reprokit's digit scenes: the 8×8 handwritten digits re-rendered on textured, cluttered
+    RGB canvases with every nuisance resampled per rendering. Training inputs are the glyphs
+    and a training view is a fresh rendering (the "augmentation" is the renderer, its
+    `strength` the nuisance range); the kNN bank / probe use one fixed rendering of the
+    training instances, the test set one of the held-out instances (on texture rows no
+    training rendering uses). The long-tailed set is a subset of the balanced one; both share
+    the bank rendering of the instances they keep. A test image's views for the prototype
+    bias are fresh renderings of its glyph on the held-out texture rows."""
+
+    in_channels = 3
+
+    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
+                 image_size: int = 16, render: dict | None = None):
+        from reprokit.data.scenes import DigitScenes, load_digit_scenes
+
+        self.render_kwargs = dict(render or {})
+        scenes = load_digit_scenes(DigitScenes(size=image_size, **self.render_kwargs))
+        glyphs = TensorSplit(scenes.glyphs, scenes.labels)
+        keep = (long_tailed_indices(scenes.labels, imbalance_ratio, lt_seed) if long_tailed
+                else torch.arange(len(scenes.labels)))
+        self.train, self.test = glyphs.subset(keep), scenes.test
+        self.bank = scenes.bank.subset(keep)
+        self.test_glyphs, self.image_size = scenes.test_glyphs, image_size
+
+    def augment(self, strength: float):
+        from reprokit.data.scenes import DigitScenes
+
+        return DigitScenes(size=self.image_size, **{**self.render_kwargs, "strength": strength})
+
+    def view_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_glyphs, self.test.labels
+
+    @torch.no_grad()
+    def view_features(self, encoder, strength: float, m_max: int, device, seed: int,
+                      max_images: int = 0):
+        from reprokit.data.shapes import TEST_REGION
+        from reprokit.evaluation import extract_features
+
+        glyphs, labels = self.view_sources()
+        if max_images:
+            glyphs, labels = glyphs[:max_images], labels[:max_images]
+        renderer = self.augment(strength)
+        gen = torch.Generator().manual_seed(seed)
+        views = [extract_features(encoder, renderer.render(glyphs, gen, TEST_REGION)[0],
+                                  device=device) for _ in range(m_max)]
         return torch.stack(views), labels
 
 
@@ -318,6 +413,12 @@ def build_data(cfg, long_tailed: bool):
     """The dataset object for `cfg.data` (a ``balcon.config.DataConfig``)."""
     if cfg.name == "digits":
         return DigitsData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.test_fraction)
+    if cfg.name == "scenes":
+        return ScenesData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.image_size,
+                          cfg.render)
+    if cfg.name == "shapes":
+        return ShapesData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.image_size,
+                          cfg.train_per_class, cfg.test_per_class, cfg.render)
     return NaturalImageData(cfg.name, cfg.root, long_tailed, cfg.imbalance_ratio, cfg.lt_seed,
                             cfg.image_size, cfg.download, cfg.train_split_file,
                             cfg.test_split_file, cfg.num_workers)

@@ -107,7 +107,10 @@ def _nan_if_nonfinite(*tensors: torch.Tensor) -> bool:
 
 def _backbone_kwargs(cfg: BalconConfig, data) -> dict:
     kwargs = dict(cfg.model.backbone_kwargs)
-    if cfg.model.backbone == "digits_cnn" or cfg.model.backbone.startswith("resnet"):
+    if cfg.model.backbone == "digits_mlp":
+        if hasattr(data, "input_shape"):  # in-memory images: the MLP's input is their shape
+            kwargs.setdefault("in_shape", data.input_shape)
+    else:
         kwargs.setdefault("in_channels", data.in_channels)
     return kwargs
 
@@ -234,9 +237,9 @@ def floor_baseline(cfg: BalconConfig, data, seeds) -> dict:
     out: dict = {"train_counts": data.train_counts(), "test_size": data.test_size(),
                  "random": {}}
     ev = cfg.eval
-    if hasattr(data, "train"):
-        train_x, test_x = data.train.images.flatten(1), data.test.images.flatten(1)
-        ty, sy = data.train.labels, data.test.labels
+    if hasattr(data, "bank"):
+        train_x, test_x = data.bank.images.flatten(1), data.test.images.flatten(1)
+        ty, sy = data.bank.labels, data.test.labels
         out["raw"] = {
             "knn_acc": knn_accuracy(train_x, ty, test_x, sy, k=ev.knn_k,
                                     temperature=ev.knn_temperature,

@@ -39,10 +39,8 @@ def _config(args):
     if getattr(args, "seeds", None):
         cfg.seeds = _ints(args.seeds, "--seeds")
     cfg.accelerator = args.accelerator
-    if getattr(args, "devices", 1) != 1:
-        raise ConfigError("--devices: inference runs on one device (one UNet pass per image); "
-                          "run categories in separate processes to use several GPUs, e.g. "
-                          "--set data.categories=[bottle,cable] on each")
+    if getattr(args, "devices", 1) < 1:
+        raise ConfigError(f"--devices must be >= 1, got {args.devices}")
     return cfg.validate()
 
 
@@ -66,7 +64,14 @@ def cmd_reproduce(args) -> int:
     runtime = setup(cfg.accelerator, cfg.precision, seed=0)
     run.save_config(cfg)
     run.save_environment(runtime)
-    run_all(cfg, run, runtime)
+    if args.devices > 1:
+        from clipfusion.parallel import run_sharded
+
+        (run.path / "results").mkdir(exist_ok=True)
+        (run.path / "maps").mkdir(exist_ok=True)
+        run_sharded(cfg, run, args.devices, runtime.accelerator)
+    else:
+        run_all(cfg, run, runtime)
     path = write_report(run.path)
     print(path)
     return 0
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set fusion.alpha=0.3 "
                             "--set data.root=/data/mvtec (repeatable)")
         p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-        p.add_argument("--devices", type=int, default=1, help="only 1 is supported")
+        p.add_argument("--devices", type=int, default=1,
+                       help="processes (one GPU each on CUDA) over which the test images are "
+                            "sharded (reproduce); rank 0 gathers the maps and scores them")
 
     rep = sub.add_parser("reproduce", help="run the experiments and write report.md",
                          description="Per category: fused vs each branch alone for each shot "

@@ -4,12 +4,15 @@ For an image, an OpenCLIP ViT gives a class token and a grid of patch tokens. Bo
 into the joint image–text space (``ln_post`` then the visual projection), so each patch can be
 compared with text embeddings:
 
-- language map L: per patch, softmax over {normal, anomalous} of τ·cos(patch, text_c), where
-  text_c is the mean of the normalised embeddings of the class's prompt ensemble
-  (prompts.py); L = p(anomalous);
+- language map L: per patch, softmax over {normal, anomalous} of cos(patch, text_c) / T
+  (T = ``clip.temperature``, 0.07 as anomalib's WinCLIP), where text_c is the mean of the
+  normalised embeddings of the class's prompt ensemble (prompts.py); L = p(anomalous),
+  averaged over ``clip.language_layers`` (each block's tokens through ln_post + projection);
 - global score: the same softmax on the class token (WinCLIP's zero-shot classifier);
 - visual map V (k-shot): ½·(1 − max_j cos(patch, bank_j)), the cosine distance of each query
-  patch to its nearest neighbour in the memory bank of the k reference images' patches.
+  patch to its nearest neighbour in the memory bank of the k reference images' patches; the
+  bank holds the tokens of ``clip.bank_layers``, by default unprojected (ln_post without the
+  projection: the width-dim output tokens anomalib's WinCLIP matches), averaged over blocks.
 
 ``model="tiny"`` builds a small randomly initialised OpenCLIP model (no download): its
 tokenizer is OpenCLIP's SimpleTokenizer, whose BPE vocabulary ships inside the wheel.
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipfusion.config import ClipConfig
+from clipfusion.memory import top1_similarity
 from clipfusion.prompts import prompt_ensemble
 from reprokit.errors import ConfigError, require_online
 
@@ -86,6 +90,21 @@ class PatchCLIP(nn.Module):
         self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), False)
         self._text_cache: dict[str, torch.Tensor] = {}
+        n = len(visual.transformer.resblocks)
+        self.language_blocks = self._block_indices(cfg.language_layers, n, "language_layers")
+        self.bank_blocks = self._block_indices(cfg.bank_layers, n, "bank_layers")
+
+    @staticmethod
+    def _block_indices(layers: list[int], n: int, key: str) -> list[int]:
+        """1-based (or negative) block numbers -> 0-based indices, checked."""
+        out = []
+        for i in layers:
+            j = int(i) - 1 if int(i) > 0 else n + int(i)
+            if not 0 <= j < n:
+                raise ConfigError(f"clip.{key}: block {i} does not exist; the ViT has blocks "
+                                  f"1..{n} (or -1..-{n})")
+            out.append(j)
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +120,7 @@ class PatchCLIP(nn.Module):
     def text_embeddings(self, category: str) -> torch.Tensor:
         """(2, D) normalised class embeddings [normal, anomalous]; cached per category."""
         if category not in self._text_cache:
-            prompts = prompt_ensemble(category)
+            prompts = prompt_ensemble(category, self.cfg.prompt_states)
             rows = []
             for state in ("normal", "anomalous"):
                 emb = self.model.encode_text(self._tokenize(prompts[state])).float()
@@ -133,74 +152,132 @@ class PatchCLIP(nn.Module):
         x = visual.ln_post(x)
         return x @ visual.proj if visual.proj is not None else x
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``global`` (B, D) and ``patches`` (B, gh, gw, D), both L2-normalised, float32."""
-        x = self.embed_tokens(self.preprocess(images))
-        x = self.head(self.model.visual.transformer(x)).float()
-        x = F.normalize(x, dim=-1)
-        grid = self.model.visual.grid_size
-        patches = x[:, 1:].reshape(x.shape[0], grid[0], grid[1], -1)
-        return {"global": x[:, 0], "patches": patches}
+    def run_blocks(self, x: torch.Tensor, keep: set[int]) -> dict[int, torch.Tensor]:
+        """Tokens (B, L, width) after each transformer block whose index is in `keep`; the
+        blocks after the last kept one are not run."""
+        transformer = self.model.visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        out = {}
+        for i, block in enumerate(transformer.resblocks[:max(keep) + 1]):
+            x = block(x)
+            if i in keep:
+                out[i] = x if batch_first else x.transpose(0, 1)
+        return out
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> dict:
+        """``global`` (B, D): the class token in the joint space; ``language`` [(B, gh, gw, D)]
+        per language block (projected); ``bank`` [(B, gh·gw, C)] per bank block (C = width
+        unprojected, D projected). All L2-normalised, float32."""
+        last = len(self.model.visual.transformer.resblocks) - 1
+        tokens = self.run_blocks(self.embed_tokens(self.preprocess(images)),
+                                 {*self.language_blocks, *self.bank_blocks, last})
+        gh, gw = self.model.visual.grid_size
+        b = images.shape[0]
+        glob = F.normalize(self.head(tokens[last][:, 0]).float(), dim=-1)
+        language = [F.normalize(self.head(tokens[i][:, 1:]).float(), dim=-1).reshape(
+            b, gh, gw, -1) for i in self.language_blocks]
+        if self.cfg.bank_tokens == "projected":
+            bank = [F.normalize(self.head(tokens[i][:, 1:]).float(), dim=-1)
+                    for i in self.bank_blocks]
+        else:
+            ln = self.model.visual.ln_post
+            bank = [F.normalize(ln(tokens[i][:, 1:]).float(), dim=-1) for i in self.bank_blocks]
+        return {"global": glob, "language": language, "bank": bank}
 
     # ------------------------------------------------------------ maps
 
     def anomaly_probability(self, features: torch.Tensor, category: str) -> torch.Tensor:
-        """p(anomalous) of normalised features (..., D) against the prompt ensembles."""
+        """p(anomalous) of normalised features (..., D) against the prompt ensembles:
+        softmax over {normal, anomalous} of cos / temperature."""
         text = self.text_embeddings(category).to(features.device)
-        logits = self.cfg.temperature * features @ text.T
+        logits = features @ text.T / self.cfg.temperature
         return logits.softmax(-1)[..., 1]
 
-    def language_map(self, patches: torch.Tensor, category: str) -> torch.Tensor:
-        """(B, gh, gw) language-guided map L."""
-        return self.anomaly_probability(patches, category)
+    def language_map(self, language: list[torch.Tensor], category: str) -> torch.Tensor:
+        """(B, gh, gw) language-guided map L: p(anomalous) averaged over the blocks."""
+        return torch.stack([self.anomaly_probability(x.float(), category)
+                            for x in language]).mean(0)
 
     def global_score(self, global_features: torch.Tensor, category: str) -> torch.Tensor:
         return self.anomaly_probability(global_features, category)
 
 
-def memory_bank_distance(query: torch.Tensor, bank: torch.Tensor,
-                         chunk: int = 4096) -> torch.Tensor:
-    """½(1 − max cos) of each query feature to the bank; features normalised, last dim D.
-
-    query (..., D), bank (M, D) -> (...). Zero for a feature that is in the bank."""
-    flat = query.reshape(-1, query.shape[-1])
-    bank = bank.to(flat.dtype)
-    best = torch.cat([(flat[i:i + chunk] @ bank.T).amax(dim=1)
-                      for i in range(0, flat.shape[0], chunk)])
-    return (0.5 * (1.0 - best)).clamp_min(0.0).reshape(query.shape[:-1])
+def _windows(gh: int, gw: int, k: int, device) -> torch.Tensor:
+    """(W, k·k) patch indices of every k×k window of a gh×gw grid (stride 1)."""
+    grid = torch.arange(gh * gw, device=device).view(gh, gw)
+    return torch.stack([grid[i:i + k, j:j + k].reshape(-1)
+                        for i in range(gh - k + 1) for j in range(gw - k + 1)])
 
 
-@torch.no_grad()
-def winclip_window_map(clip: PatchCLIP, images: torch.Tensor, category: str,
-                       scales: tuple[int, ...] = (2, 3), window_batch: int = 512) -> torch.Tensor:
-    """WinCLIP-style multi-scale sliding windows: every k×k window of patches (stride 1) is
-    encoded on its own (its tokens plus the class token go through the whole transformer,
-    WinCLIP's masking), scored against the prompts, and each patch averages the scores of
-    the windows covering it. Used by ``clipfusion bench`` as the cost reference: it runs the
-    transformer once per window, where PatchCLIP runs it once per image."""
+@torch.inference_mode()
+def window_embeddings(clip: PatchCLIP, images: torch.Tensor, scales: tuple[int, ...] = (2, 3),
+                      window_batch: int = 512) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """WinCLIP's window masking: every k×k window of patches (stride 1) goes through the whole
+    transformer on its own (its tokens plus the class token); per scale, (cells (W, k·k),
+    normalised class-token embeddings (B, W, D) in the joint space)."""
     x = clip.embed_tokens(clip.preprocess(images))
     gh, gw = clip.model.visual.grid_size
     b = x.shape[0]
-    total = torch.zeros(b, gh, gw, device=x.device)
-    count = torch.zeros(gh, gw, device=x.device)
-    grid_index = torch.arange(gh * gw, device=x.device).view(gh, gw)
+    out = []
     for k in scales:
-        windows = [grid_index[i:i + k, j:j + k].reshape(-1)
-                   for i in range(gh - k + 1) for j in range(gw - k + 1)]
-        index = torch.stack(windows) + 1  # (W, k*k), +1 skips the class token
-        for start in range(0, len(windows), max(1, window_batch // b)):
-            idx = index[start:start + max(1, window_batch // b)]
+        cells = _windows(gh, gw, k, x.device)
+        step = max(1, window_batch // b)
+        emb = []
+        for start in range(0, len(cells), step):
+            idx = cells[start:start + step] + 1  # +1 skips the class token
             tokens = x[:, idx]  # (B, w, k*k, width)
             cls = x[:, :1].unsqueeze(1).expand(-1, idx.shape[0], -1, -1)
             seq = torch.cat([cls, tokens], dim=2).flatten(0, 1)
-            out = clip.head(clip.model.visual.transformer(seq)[:, 0]).float()
-            score = clip.anomaly_probability(F.normalize(out, dim=-1), category)
-            score = score.view(b, idx.shape[0])
-            for w, cells in enumerate(idx - 1):
-                rows, cols = cells // gw, cells % gw
-                total[:, rows, cols] += score[:, w:w + 1]
-        for i in range(gh - k + 1):
-            for j in range(gw - k + 1):
-                count[i:i + k, j:j + k] += 1
-    return total / count.clamp_min(1)
+            e = clip.head(clip.model.visual.transformer(seq)[:, 0]).float()
+            emb.append(F.normalize(e, dim=-1).view(b, idx.shape[0], -1))
+        out.append((cells, torch.cat(emb, dim=1)))
+    return out
+
+
+def _spread(scores: list[torch.Tensor], cells: list[torch.Tensor], gh: int,
+            gw: int) -> torch.Tensor:
+    """Per patch, the mean of the scores (B, W) of the windows covering it -> (B, gh, gw)."""
+    total, count = 0.0, 0.0
+    for sc, c in zip(scores, cells, strict=True):
+        cover = torch.zeros(c.shape[0], gh * gw, device=sc.device)
+        cover.scatter_(1, c, 1.0)
+        total = total + sc @ cover
+        count = count + cover.sum(0)
+    return (total / torch.as_tensor(count).clamp_min(1)).view(-1, gh, gw)
+
+
+@torch.inference_mode()
+def winclip_window_map(clip: PatchCLIP, images: torch.Tensor, category: str,
+                       scales: tuple[int, ...] = (2, 3), window_batch: int = 512) -> torch.Tensor:
+    """WinCLIP-style multi-scale zero-shot map: each window's p(anomalous), averaged over the
+    windows covering a patch. It runs the transformer once per window, where PatchCLIP runs it
+    once per image."""
+    gh, gw = clip.model.visual.grid_size
+    wins = window_embeddings(clip, images, scales, window_batch)
+    return _spread([clip.anomaly_probability(e, category) for _, e in wins],
+                   [c for c, _ in wins], gh, gw)
+
+
+@torch.inference_mode()
+def winclip_reference(clip: PatchCLIP, images: torch.Tensor, category: str,
+                      bank: list[torch.Tensor] | None = None, scales: tuple[int, ...] = (2, 3),
+                      window_batch: int = 512) -> dict[str, torch.Tensor]:
+    """The full WinCLIP-style pipeline on the same backbone, as the cost reference of
+    ``clipfusion bench``: the full-image pass (global score and patch tokens), the window
+    pass (zero-shot map) and, with a few-shot ``bank`` (per scale, the (M, D) window
+    embeddings of the reference images, from ``window_embeddings``), each window's distance
+    to its nearest reference window, spread to the patches."""
+    gh, gw = clip.model.visual.grid_size
+    full = clip.encode_images(images)
+    wins = window_embeddings(clip, images, scales, window_batch)
+    cells = [c for c, _ in wins]
+    out = {"global": clip.global_score(full["global"], category),
+           "language": _spread([clip.anomaly_probability(e, category) for _, e in wins],
+                               cells, gh, gw)}
+    if bank is not None:
+        dist = [0.5 * (1 - top1_similarity(e, m)) for (_, e), m in zip(wins, bank, strict=True)]
+        out["visual"] = _spread(dist, cells, gh, gw)
+    return out

@@ -11,6 +11,7 @@ from pathlib import Path
 from reprokit.config import SCALES, load_config, scale_config_path
 from reprokit.errors import ConfigError
 
+NORMALIZATIONS = ("reference", "calibration", "test_zscore", "none")
 
 @dataclass
 class DataConfig:
@@ -18,7 +19,9 @@ class DataConfig:
     root: str | None = None  # dataset folder; synthetic: None = <run dir>/data
     split_csv: str | None = None  # VisA only (default <root>/split_csv/1cls.csv)
     categories: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])
-    image_size: int = 128  # images and masks are resized to this; metrics are computed here
+    # masks and maps are resized to this and metrics are computed here; each branch reads the
+    # image file at its own input size (the ViT's, diffusion.image_size), not an upsampled copy
+    image_size: int = 128
     max_test_images: int | None = None  # cap per category (None: all)
     # synthetic generator (reprokit.data.anomaly.make_synthetic_mvtec)
     n_train: int = 8
@@ -43,7 +46,19 @@ class ClipConfig:
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
-    temperature: float = 100.0  # CLIP's logit scale for the normal/anomalous softmax (WinCLIP)
+    # softmax over {normal, anomalous} of cos / temperature: 0.07 is CLIP's temperature and
+    # anomalib's WinCLIP value (logits x 14.3); the earlier "logit scale 100" is 0.01
+    temperature: float = 0.07
+    # "winclip": WinCLIP's 7 normal / 4 anomalous states; "extended" adds "broken {}"
+    prompt_states: str = "winclip"
+    # transformer blocks (1-based; negative from the end) whose patch tokens give the language
+    # map L (each through ln_post + projection, probabilities averaged over blocks)
+    language_layers: list[int] = field(default_factory=lambda: [-1])
+    # blocks whose patch tokens form the few-shot memory bank (distances averaged over blocks),
+    # "unprojected" (ln_post, no projection: the width-dim output tokens anomalib's WinCLIP
+    # matches) or "projected" (the joint image-text space)
+    bank_layers: list[int] = field(default_factory=lambda: [-1])
+    bank_tokens: str = "unprojected"
     init_seed: int = 0  # seed of the random initialisation (random weights only)
 
 
@@ -79,9 +94,17 @@ class FusionConfig:
     # M = alpha (M_CLIP,L + M_CLIP,V) + (1 - alpha) (M_Diff,L + M_Diff,V); 0.5 weighs the
     # branches equally (the paper's value is not given in the text used here).
     alpha: float = 0.5
-    # each of the four maps is standardised before it is summed: "test_zscore" uses the mean
-    # and std over all test pixels of the category (label-free); "none" sums raw maps.
-    normalization: str = "test_zscore"
+    # each of the four maps (and the global score) is z-scored before it is summed, with a
+    # mean/std that never looks at the test set (a deployed detector scores one image alone):
+    # "reference": from the k reference images (L maps and global score on the references,
+    #   V maps leave-one-out: each reference against the bank of the others); where k cannot
+    #   give them (zero-shot; V and the global score at k = 1) from the calibration images;
+    # "calibration": always from the calibration images (fixed per branch and category);
+    # "test_zscore": mean/std over the category's test pixels (transductive; ablation only);
+    # "none": raw maps summed.
+    normalization: str = "reference"
+    # normal train/good images held out of every reference draw and never in the test set
+    calibration_images: int = 2
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the final map, in pixels (WinCLIP: 4)
     # image score = mean of the top fraction of map pixels (+ weight x the CLIP global score)
     topk_fraction: float = 0.01
@@ -116,9 +139,27 @@ class Config:
             raise ConfigError("seeds must not be empty")
         if not 0.0 <= self.fusion.alpha <= 1.0:
             raise ConfigError(f"fusion.alpha must be in [0, 1], got {self.fusion.alpha}")
-        if self.fusion.normalization not in ("test_zscore", "none"):
-            raise ConfigError("fusion.normalization must be test_zscore or none, got "
+        if self.fusion.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"fusion.normalization must be one of {NORMALIZATIONS}, got "
                               f"{self.fusion.normalization!r}")
+        if self.fusion.calibration_images < 2:
+            raise ConfigError("fusion.calibration_images must be >= 2 (a std needs two images),"
+                              f" got {self.fusion.calibration_images}")
+        if not 0 < self.clip.temperature <= 1:
+            raise ConfigError(f"clip.temperature must be in (0, 1] (logits = cos / T; CLIP's "
+                              f"0.07; a logit scale of 100 is T = 0.01), got "
+                              f"{self.clip.temperature}")
+        if self.clip.prompt_states not in ("winclip", "extended"):
+            raise ConfigError(f"clip.prompt_states must be winclip or extended, got "
+                              f"{self.clip.prompt_states!r}")
+        if self.clip.bank_tokens not in ("unprojected", "projected"):
+            raise ConfigError(f"clip.bank_tokens must be unprojected or projected, got "
+                              f"{self.clip.bank_tokens!r}")
+        for key in ("language_layers", "bank_layers"):
+            layers = getattr(self.clip, key)
+            if not layers or any(int(i) == 0 for i in layers):
+                raise ConfigError(f"clip.{key} must list transformer blocks (1-based, or "
+                                  f"negative from the end), got {layers}")
         if not 0 < self.fusion.topk_fraction <= 1:
             raise ConfigError("fusion.topk_fraction must be in (0, 1]")
         if not 0 <= self.diffusion.timestep < 1000:

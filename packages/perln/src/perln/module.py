@@ -229,7 +229,8 @@ class PeriodicCheckpoint(Callback):
         if getattr(pl_module, "diverged", None) is not None:
             return
         self._last = step
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:  # rank 0 writes every file (save_checkpoint does too)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:

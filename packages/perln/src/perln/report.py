@@ -42,7 +42,7 @@ from reprokit.report import (
     save_figure,
     summarize,
 )
-from reprokit.runs import RunDir
+from reprokit.runs import iter_jsonl, read_json
 
 COLORS = {"pre": "tab:red", "peri": "tab:blue", "post": "tab:green", "peri-frozen": "tab:purple"}
 LOSS_TOLERANCE = 0.01  # nats: "equal" loss for claim 3
@@ -52,8 +52,9 @@ HOLM = "holm"
 
 
 def load_results(run_path: Path) -> list[dict]:
-    run = RunDir("perln", run_path.name, root=run_path.parent.parent, resume=True)
-    return [run.read_json(f"arms/{p.name}") for p in sorted((run_path / "arms").glob("*.json"))]
+    # plain reads, no RunDir: a copied run folder (results/cpu) rebuilds anywhere, and
+    # rebuilding never re-points runs/perln/latest
+    return [read_json(p) for p in sorted((Path(run_path) / "arms").glob("*.json"))]
 
 
 def _close(a: float, b: float) -> bool:
@@ -594,14 +595,15 @@ def _setting(report: Report, run_path: Path, cfg: PerlnConfig, res: Results,
     if (run_path / "environment.json").exists():
         env = json.loads((run_path / "environment.json").read_text())
     total_cpu = sum(r.get("cpu_seconds", 0.0) for r in results)
-    sessions = [r for r in RunDir("perln", run_path.name, root=run_path.parent.parent,
-                                  resume=True).read_log() if r.get("event") == "session_finished"]
+    sessions = [r for r in iter_jsonl(run_path / "metrics.jsonl")
+                if r.get("event") == "session_finished"]
     timing = ""
     if sessions:
         last = sessions[-1]
         timing = (f"; last session (sweep only, all processes): {last['wall_seconds'] / 60:.1f} "
                   f"min wall, {last['cpu_seconds'] / 60:.1f} min CPU")
-    expected = len(s.placements) * len(s.lrs) * len(s.seeds)
+    expected = (sum(len(cfg.lrs_of(p)) for p in s.placements)
+                + len(s.frozen_gain_lrs)) * len(s.seeds)
     report.section("Setting", (
         f"- Scale `{cfg.scale}`; {len(results)}/{expected} arms finished "
         f"(placements × lrs: {'; '.join(p + ' ' + ', '.join(f'{x:g}' for x in res.lrs(p)) for p in res.placements)} "

@@ -136,7 +136,12 @@ class TensorBatches(IterableDataset):
       restarts from the seed every time it is called; there is no ``len()``, the trainer stops
       at ``max_steps``.
 
-    Not sharded across processes: under DDP every rank draws the same batches.
+    Under DDP (``torch.distributed`` initialised when the loader is iterated) `batch_size` is
+    per process, as in Lightning: every rank draws the same seeded permutation, cuts it into
+    global batches of ``world_size × batch_size`` and takes its own slice of each, so the
+    ranks' batches are disjoint and together are exactly the 1-process run's batch of the
+    global size. ``set_epoch(e)`` positions the epoch stream at epoch `e` (a resumed run
+    calls it, as ``DistributedSampler.set_epoch`` is called, so epoch `e` replays its order).
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int,
@@ -156,12 +161,25 @@ class TensorBatches(IterableDataset):
     def __len__(self) -> int:
         if self.infinite:
             raise TypeError("an infinite TensorBatches has no length")
-        return self.images.shape[0] // self.batch_size
+        _, world = _rank_and_world()
+        return self.images.shape[0] // (self.batch_size * world)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next ``iter()`` yields epoch `epoch` (0-based) of the seeded stream."""
+        self.generator = torch.Generator().manual_seed(self.seed)
+        n = self.images.shape[0]
+        for _ in range(epoch + 1):   # the construction-time draw, then one per earlier epoch
+            self.order = torch.randperm(n, generator=self.generator)
 
     def _batches(self, order: torch.Tensor):
+        rank, world = _rank_and_world()
         b = self.batch_size
-        for start in range(0, order.shape[0] - b + 1, b):
-            idx = order[start:start + b]
+        step = b * world
+        if step > order.shape[0]:
+            raise DatasetError(f"global batch {world} × {b} exceeds the {order.shape[0]} "
+                               "training images")
+        for start in range(0, order.shape[0] - step + 1, step):
+            idx = order[start + rank * b:start + (rank + 1) * b]
             yield self.images[idx] if self.labels is None else (self.images[idx],
                                                                 self.labels[idx])
 
@@ -174,6 +192,14 @@ class TensorBatches(IterableDataset):
         gen = torch.Generator().manual_seed(self.seed)
         while True:
             yield from self._batches(torch.randperm(n, generator=gen))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def long_tailed_counts(num_classes: int, n_max: int, imbalance_ratio: float) -> list[int]:

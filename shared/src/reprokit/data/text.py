@@ -138,7 +138,7 @@ def hf_corpus(name: str, config: str | None = None, split: str = "train",
               text_field: str = "text", max_docs: int = 100_000, val_fraction: float = 0.01,
               streaming: bool = True) -> TextCorpus:
     """A Hugging Face dataset (streamed), e.g. ``HuggingFaceFW/fineweb-edu`` ``sample-10BT``."""
-    require_online(f"Hugging Face dataset {name!r}", "the embedded corpus (--data stdlib)")
+    require_online(f"Hugging Face dataset {name!r}", "the embedded corpus (data.source=stdlib)")
     from datasets import load_dataset
 
     ds = load_dataset(name, config, split=split, streaming=streaming)
