@@ -34,8 +34,8 @@ from pathlib import Path
 
 PARTS = ("perln", "gsg", "clipfusion", "cope")
 # seconds per part on one H100/H200; they add up to the 8-minute budget of the whole check
-LIMITS = {"perln": 190, "gsg": 60, "clipfusion": 110, "cope": 120}
-TINY_LIMIT = 240       # per part on a (possibly loaded) CPU
+LIMITS = {"perln": 200, "gsg": 60, "clipfusion": 90, "cope": 130}
+TINY_LIMIT = 600       # per part on a (possibly loaded, shared) CPU
 
 
 class Skip(Exception):
@@ -104,6 +104,11 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _partial(out: Path, name: str, results: dict) -> None:
+    """What a part has measured so far: kept in its JSON if the part then dies or times out."""
+    _write_json(out / f"{name}.partial.json", results)
+
+
 def _timed_steps(step, warmup: int, steps: int, device: str) -> float:
     """Seconds per call of `step` after `warmup` calls (compilation, autotuning, caches)."""
     for _ in range(warmup):
@@ -145,11 +150,13 @@ def part_perln(tiny: bool, out: Path) -> dict:
                      if k in torch.cuda.get_device_name(0)), None)
     results["peak_bf16_flops"] = peak
     if device == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         torch.backends.cuda.matmul.allow_tf32 = True
-        # confirm the flash kernel is the one SDPA can take for these shapes (bf16, causal)
+        # confirm the flash kernel is one SDPA can take for these shapes (bf16, causal)
         q = torch.randn(1, shape["n_head"], 256, shape["d_model"] // shape["n_head"],
                         device=device, dtype=torch.bfloat16)
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
         results["flash_sdpa_available"] = True
     for placement in ("pre", "peri"):
@@ -193,6 +200,7 @@ def part_perln(tiny: bool, out: Path) -> dict:
             "peak_memory_gib": _peak_gib(device),
             "loss_first_last": [round(float(losses[0]), 3), round(float(losses[-1]), 3)],
             "elapsed_s": round(time.perf_counter() - t0, 1)}
+        _partial(out, "perln", results)
         del model, opt, fwd, data
     return results
 
@@ -206,22 +214,23 @@ def part_gsg(tiny: bool, out: Path) -> dict:
     from gsg.module import SSLModule
 
     device = _device(tiny)
-    batch, warmup, steps = (4, 1, 2) if tiny else (512, 5, 20)
+    # tiny: the same ResNet-18 on 8 px images (its cost scales with the pixels)
+    batch, warmup, steps, size = (4, 1, 2, 8) if tiny else (512, 5, 20, 32)
     overrides = ["model.proj_hidden=64", "model.proj_dim=64", "model.pred_hidden=16"] if tiny else []
     cfg = gsg_config.load("paper", [f"train.batch_size={batch}", *overrides])
-    results = {"backbone": cfg.model.backbone, "batch": batch, "image_shape": [3, 32, 32],
+    results = {"backbone": cfg.model.backbone, "batch": batch, "image_shape": [3, size, size],
                "channels_last": cfg.model.channels_last,
                "precision": "bf16 autocast" if device == "cuda" else "fp32", "methods": {}}
     for method in ("simsiam_gsg", "simsiam"):
         _reset_peak(device)
         torch.manual_seed(0)
-        module = SSLModule(cfg, method, True, (3, 32, 32), steps_per_epoch=100, epochs=1)
+        module = SSLModule(cfg, method, True, (3, size, size), steps_per_epoch=100, epochs=1)
         module.to(device)
         if module.channels_last:
             module.to(memory_format=torch.channels_last)
         opt = module.configure_optimizers()["optimizer"]
         # CIFAR-shaped random views, already augmented (the loader's cost is not measured)
-        views = torch.rand(module.n_views * batch, 3, 32, 32, device=device)
+        views = torch.rand(module.n_views * batch, 3, size, size, device=device)
         if module.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
 
@@ -237,6 +246,7 @@ def part_gsg(tiny: bool, out: Path) -> dict:
                                       "images_per_s": round(batch / sec, 1),
                                       "step_s": round(sec, 4),
                                       "peak_memory_gib": _peak_gib(device)}
+        _partial(out, "gsg", results)
         del module, opt, views
     m = results["methods"]
     results["gsg_vs_simsiam_step_cost"] = round(
@@ -310,13 +320,27 @@ def part_clipfusion(tiny: bool, out: Path) -> dict:
         overrides = ["clip.model=ViT-B-16", "diffusion.image_size=512", "data.image_size=512"]
         batch, repeats = 8, 5
     cfg = cf_config.load("smoke", overrides + [f"diffusion.checkpoint={folder}"])
-    runtime = setup("cuda" if device == "cuda" else "cpu", "auto")
+    runtime = setup("cuda" if device == "cuda" else "cpu", "auto", threads=1 if tiny else None)
     _reset_peak(device)
     bench = run_bench(cfg, runtime, batch=batch, repeats=repeats)
-    bench["peak_memory_gib"] = _peak_gib(device)
-    bench["build_random_sd_folder_s"] = round(build_s, 1)
-    bench["sd_folder"] = str(folder)
-    return bench
+    return {**_clip_rates(bench), "peak_memory_gib": _peak_gib(device),
+            "build_random_sd_folder_s": round(build_s, 1), "sd_folder": str(folder),
+            "weights": bench["weights"], "bench": bench}
+
+
+def _clip_rates(bench: dict) -> dict:
+    """images/s of the fused pipeline and of the sliding-window reference from
+    ``clipfusion.bench.run_bench`` (either of its two output layouts)."""
+    if "fused" in bench:
+        fused = bench["fused"]["images_per_s"]
+        window = bench["winclip_sliding_window"]["images_per_s"]
+    else:   # per-image latencies: the fused stages (one k-shot bank) vs WinCLIP k-shot
+        fused = 1000 / bench["stages_total_ms"]
+        k_shot = f"{bench['k_shot_bank']}_shot"
+        window = 1000 / bench["winclip_reference_ms_per_image"][k_shot]
+    return {"fused_images_per_s": round(fused, 3),
+            "sliding_window_images_per_s": round(window, 3),
+            "fused_vs_sliding_window": round(fused / window, 3)}
 
 
 # ---------------------------------------------------------------- (d) cope
@@ -354,6 +378,7 @@ def part_cope(tiny: bool, out: Path) -> dict:
     hf = HFBackend(SMOLLM2_GGUF, device=device, max_batch=256 if device == "cuda" else 8)
     results["hf_load_s"] = round(time.perf_counter() - t0, 1)
     results["hf"] = _generate_rate(hf, prompts, n, max_tokens, device)
+    _partial(out, "cope", results)
     del hf
     if importlib.util.find_spec("vllm") is None:
         results["vllm"] = "skipped: vllm is not installed (uv sync --extra vllm)"
@@ -383,6 +408,8 @@ def run_part(name: str, tiny: bool, out: Path) -> int:
     start = time.perf_counter()
     record = {"part": name, "tiny": tiny, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
+        if tiny:   # tiny shapes gain nothing from threads, and CI machines are shared
+            _torch().set_num_threads(1)
         record["results"] = FUNCS[name](tiny, out)
         record["status"] = "ok"
     except Skip as why:
@@ -393,6 +420,7 @@ def run_part(name: str, tiny: bool, out: Path) -> int:
     record["elapsed_s"] = round(time.perf_counter() - start, 1)
     record["device"] = device_info()
     _write_json(out / f"{name}.json", record)
+    (out / f"{name}.partial.json").unlink(missing_ok=True)
     print(f"[gpu-check] {name}: {record['status']} in {record['elapsed_s']}s", flush=True)
     return 0 if record["status"] != "failed" else 1
 
@@ -415,7 +443,8 @@ def run_all(parts: list[str], tiny: bool, out: Path) -> int:
     for name in parts:
         limit = TINY_LIMIT if tiny else LIMITS[name]
         start = time.perf_counter()
-        (out / f"{name}.json").unlink(missing_ok=True)
+        for stale in (out / f"{name}.json", out / f"{name}.partial.json"):
+            stale.unlink(missing_ok=True)
         cmd = [_python_for(name), __file__, "--part", name, "--out", str(out)] + (
             ["--tiny"] if tiny else [])
         print(f"[gpu-check] {name}: started (limit {limit}s)", flush=True)
@@ -429,10 +458,13 @@ def run_all(parts: list[str], tiny: bool, out: Path) -> int:
             rc, why = -1, f"over its {limit}s limit"
         elapsed = round(time.perf_counter() - start, 1)
         if not (out / f"{name}.json").is_file():   # died before it could write: crash, timeout
+            partial = out / f"{name}.partial.json"
             _write_json(out / f"{name}.json", {
                 "part": name, "tiny": tiny, "status": "failed", "elapsed_s": elapsed,
                 "error": f"the part's process ended without a result ({why})",
+                "partial_results": json.loads(partial.read_text()) if partial.is_file() else None,
                 "log_tail": log.read_text(errors="replace")[-3000:]})
+            partial.unlink(missing_ok=True)
         record = json.loads((out / f"{name}.json").read_text())
         failed += record["status"] == "failed"
         print(f"[gpu-check] {name}: {record['status']} ({elapsed}s wall)", flush=True)
@@ -444,18 +476,21 @@ def run_all(parts: list[str], tiny: bool, out: Path) -> int:
 def _headline(name: str, r: dict) -> str:
     """The part's key numbers in one cell."""
     if name == "perln":
-        return "; ".join(f"{p}: {v['tokens_per_s']:,.0f} tok/s, MFU {v['mfu']}, "
-                         f"peak {v['peak_memory_gib']} GiB" for p, v in r["placements"].items())
+        return "; ".join(
+            f"{p}: {v['tokens_per_s']:,.0f} tok/s"
+            + (f", MFU {v['mfu']:.1%}" if v["mfu"] is not None else "")
+            + (f", peak {v['peak_memory_gib']} GiB" if v["peak_memory_gib"] is not None else "")
+            for p, v in r["placements"].items())
     if name == "gsg":
-        return "; ".join(f"{m}: {v['images_per_s']:,.0f} img/s" for m, v in r["methods"].items())
+        return "; ".join(f"{m}: {v['images_per_s']:,.1f} img/s" for m, v in r["methods"].items())
     if name == "clipfusion":
-        return (f"fused {r['fused']['images_per_s']} img/s, sliding window "
-                f"{r['winclip_sliding_window']['images_per_s']} img/s "
-                f"(×{r['speedup_fused_vs_winclip']})")
+        return (f"fused {r['fused_images_per_s']} img/s, sliding window "
+                f"{r['sliding_window_images_per_s']} img/s (×{r['fused_vs_sliding_window']})")
     if name == "cope":
         vllm = r["vllm"]
-        v = vllm if isinstance(vllm, str) else f"vllm {vllm['tokens_per_s']:,.0f} tok/s"
-        return f"hf {r['hf']['tokens_per_s']:,.0f} tok/s; {v}"
+        v = vllm if isinstance(vllm, str) else (f"vllm {vllm['tokens_per_s']:,.1f} tok/s "
+                                                f"(×{r['vllm_vs_hf_tokens_per_s']} hf)")
+        return f"hf {r['hf']['tokens_per_s']:,.1f} tok/s; {v}"
     return ""
 
 

@@ -40,7 +40,9 @@ def test_tiny_run_writes_one_json_per_part_and_a_summary(tmp_path):
     assert gsg["simsiam_gsg"]["n_views"] == 4 and gsg["simsiam"]["n_views"] == 2
     assert all(v["images_per_s"] > 0 for v in gsg.values())
     clip = records["clipfusion"]["results"]
-    assert clip["fused"]["images_per_s"] > 0 and clip["winclip_sliding_window"]["images_per_s"] > 0
+    assert clip["fused_images_per_s"] > 0 and clip["sliding_window_images_per_s"] > 0
+    assert clip["fused_vs_sliding_window"] == pytest.approx(
+        clip["fused_images_per_s"] / clip["sliding_window_images_per_s"], rel=1e-2)
     assert clip["weights"]["diffusion"].startswith("Stable Diffusion ")   # the folder path
     cope = records["cope"]["results"]
     assert cope["hf"]["completion_tokens"] > 0
@@ -54,13 +56,17 @@ def test_tiny_run_writes_one_json_per_part_and_a_summary(tmp_path):
 def test_a_failing_part_does_not_stop_the_others(tmp_path):
     # the cope part runs under its own interpreter setting: point it at one that fails
     bad = tmp_path / "bad-python"
-    bad.write_text("#!/bin/sh\necho 'boom' >&2\nexit 3\n")
+    # (called as: <python> gpu_check.py --part cope --out DIR --tiny); it leaves a partial
+    # result, as a part that measured something and then died would
+    bad.write_text("#!/bin/sh\necho '{\"hf\": 1}' > \"$5/cope.partial.json\"\n"
+                   "echo 'boom' >&2\nexit 3\n")
     bad.chmod(0o755)
     proc = _run(tmp_path / "out", "--parts", "cope,perln", env={"GPU_CHECK_COPE_PYTHON": str(bad)})
     assert proc.returncode == 1
     cope = json.loads((tmp_path / "out" / "cope.json").read_text())
     assert cope["status"] == "failed" and "exit code 3" in cope["error"]
-    assert "boom" in cope["log_tail"]
+    assert "boom" in cope["log_tail"] and cope["partial_results"] == {"hf": 1}
+    assert not (tmp_path / "out" / "cope.partial.json").exists()
     perln = json.loads((tmp_path / "out" / "perln.json").read_text())
     assert perln["status"] == "ok"
     summary = (tmp_path / "out" / "summary.md").read_text()

@@ -141,3 +141,34 @@ def test_tensor_batches_in_a_dataloader_and_errors():
         TensorBatches(_index_images(4), batch_size=5, seed=0)
     with pytest.raises(DatasetError, match="differ"):
         TensorBatches(_index_images(4), batch_size=2, seed=0, labels=torch.arange(3))
+
+
+def test_tensor_batches_shard_a_global_batch_across_ranks(monkeypatch):
+    import reprokit.data.images as images_mod
+
+    one = TensorBatches(_index_images(13), batch_size=6, seed=4)
+    global_epochs = [[_indices(b) for b in one] for _ in range(2)]       # 13 // 6 = 2 batches
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(images_mod, "_rank_and_world", lambda rank=rank: (rank, 2))
+        per_rank = TensorBatches(_index_images(13), batch_size=3, seed=4)
+        assert len(per_rank) == 2                  # 13 // (2 × 3): the global batch count
+        shards.append([[_indices(b) for b in per_rank] for _ in range(2)])
+    # rank 0 takes the first half of each global batch, rank 1 the second: disjoint, and
+    # together the 1-process run's batch of the global size, epoch after epoch
+    for e in range(2):
+        for k in range(2):
+            assert shards[0][e][k] + shards[1][e][k] == global_epochs[e][k]
+    monkeypatch.setattr(images_mod, "_rank_and_world", lambda: (0, 3))
+    with pytest.raises(DatasetError, match="global batch 3 × 6"):
+        list(TensorBatches(_index_images(13), batch_size=6, seed=4))
+
+
+def test_tensor_batches_set_epoch_replays_that_epoch():
+    run = TensorBatches(_index_images(10), batch_size=5, seed=7)
+    epochs = [[_indices(b) for b in run] for _ in range(3)]
+    resumed = TensorBatches(_index_images(10), batch_size=5, seed=7)   # a fresh object
+    resumed.set_epoch(2)
+    assert [_indices(b) for b in resumed] == epochs[2]
+    resumed.set_epoch(0)
+    assert [_indices(b) for b in resumed] == epochs[0]

@@ -25,7 +25,7 @@ def test_smoke_reproduce_writes_a_complete_report(smoke_run):
     verdicts = re.findall(r"\*\*(holds|does not hold|inconclusive)\*\*", report)
     assert len(verdicts) >= 5
     assert "RANDOMLY INITIALISED" in report and "random init" in report
-    for fig in ("shots.png", "roc.png", "maps_brick.png", "maps_grass.png"):
+    for fig in ("shots.png", "curves.png", "maps_brick.png", "maps_grass.png"):
         assert (smoke_run / "figures" / fig).stat().st_size > 1000
         assert f"figures/{fig}" in report
     records = list(iter_jsonl(smoke_run / "metrics.jsonl"))

@@ -90,5 +90,5 @@ def make_config(tmp_path, **overrides) -> CopeConfig:
                       models=[{"name": "small", "backend": "hf", "model": "scripted"},
                               {"name": "large", "backend": "openai", "model": "scripted",
                                "price_in": 2.5, "price_out": 10.0}],
-                      methods=copy.deepcopy(METHODS), chunk_size=3, sweep_thresholds=[0.5],
-                      **overrides)
+                      **{"methods": copy.deepcopy(METHODS), "chunk_size": 3,
+                         "sweep_thresholds": [0.5], **overrides})

@@ -161,3 +161,37 @@ def test_comparable_to_large_needs_a_large_model_above_small_and_zero(
     row = next(line for line in report.splitlines() if "comparable to the large" in line)
     assert row.endswith("**inconclusive** |")
     assert "no signal" in row
+
+
+def test_the_budget_caps_every_method_and_the_report_counts_capped_problems(tmp_path):
+    large = ScriptedBackend(large_responder)
+    (tmp_path / "probe").mkdir()
+    probe_run, _ = run_with(tmp_path / "probe", large)
+    one = max(r["methods"]["large_only"]["cost_usd"]
+              for r in probe_run.read_log("problems.jsonl"))
+    run, report = run_with(tmp_path, ScriptedBackend(large_responder), budget_usd=1.5 * one,
+                           chunk_size=1)
+    records = run.read_log("problems.jsonl")
+    for method in ("large_only", "cope", "cascade_no_plan"):
+        spent = sum(r["methods"][method]["cost_usd"] for r in records)
+        assert spent <= 1.5 * one + 2 * one, method  # the cap plus at most one batch's stage
+    capped = [r["id"] for r in records if r["methods"]["large_only"]["reason"] == "budget_cap"]
+    assert len(capped) == 4  # two problems paid, then nothing more
+    row = next(line for line in report.splitlines() if line.startswith("| large_only |"))
+    assert row.split(" | ")[-2] == "4"  # the "stopped by budget" column
+
+
+def test_the_report_says_which_sandbox_isolation_was_active(tmp_path, monkeypatch):
+    from cope.sandbox import describe_isolation, isolation
+
+    monkeypatch.setattr("cope.experiments.build_backends",
+                        _fake_backends(ScriptedBackend(large_responder)))
+    path = tmp_path / "code.jsonl"
+    path.write_text(json.dumps({"id": "c", "task_type": "code", "question": "EASY: add(a, b)",
+                                "tests": ["assert add(1, 2) == 3"]}) + "\n")
+    assert main(["reproduce", "--scale", "smoke", "--tasks", str(path), "--out",
+                 str(tmp_path / "runs"), "--run-name", "r"]) == 0
+    run = tmp_path / "runs" / "cope" / "r"
+    report = (run / "report.md").read_text()
+    assert "- Code sandbox isolation: " + describe_isolation(isolation()) in report
+    assert json.loads((run / "sandbox.json").read_text())["probe_ok"]

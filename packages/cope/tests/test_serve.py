@@ -1,6 +1,7 @@
 """`cope serve` through the official openai client, against servers the tests start on
 127.0.0.1 and stop; scripted small/large models, so every test runs in seconds."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -212,21 +213,33 @@ def test_ten_concurrent_requests_are_batched(served):
 
 
 def test_past_the_queue_bound_the_server_answers_429_with_retry_after():
-    service, small, large = make_service(small=Recording(small_responder, "small", 1.0),
-                                         wait_s=0.01, max_problems=1)
+    gate = threading.Event()  # the backend holds every request until the test lets go
+
+    def held(text, k):
+        gate.wait(30)
+        return small_responder(text, k)
+
+    service, *_ = make_service(small=ScriptedBackend(held, "small"), wait_s=0.01,
+                               max_problems=1)
     with ServerThread(create_app(service, max_pending=2)) as url:
         def post(_):
             return httpx.post(f"{url}/chat/completions", timeout=30, json={
                 "model": "small", "messages": user("EASY question")})
 
         with ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(post, range(6)))
+            futures = [pool.submit(post, i) for i in range(6)]
+            deadline = time.monotonic() + 20
+            while sum(f.done() for f in futures) < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            refused = [f.result() for f in futures if f.done()]
+            gate.set()
+            results = [f.result() for f in futures]
         health = httpx.get(url.removesuffix("/v1") + "/health").json()
-    codes = sorted(r.status_code for r in results)
-    assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429}
-    busy = next(r for r in results if r.status_code == 429)
+    assert [r.status_code for r in refused] == [429] * 4  # two admitted, four refused
+    assert sorted(r.status_code for r in results) == [200, 200, 429, 429, 429, 429]
+    busy = refused[0]
     assert int(busy.headers["Retry-After"]) >= 1 and "busy" in busy.json()["error"]["message"]
-    assert health["refused_busy"] == codes.count(429)
+    assert health["refused_busy"] == 4 and health["pending"] == 0 and health["served"] == 2
 
 
 def test_a_failing_backend_is_a_502_and_a_stream_error():
@@ -273,3 +286,40 @@ def test_the_model_server_streams_too():
     reasons = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
     assert reasons == ["length", "length"]  # 7 words > max_tokens=3
 
+
+
+def test_the_readme_streaming_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## `cope serve`")[1]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+    def model(text, k):
+        if "Write a one-sentence plan" in text or "Write a short plan" in text:
+            return "Plan: do it"
+        if "add(a, b)" in text:
+            return "```python\ndef add(a, b):\n    return a + b\n```"
+        return "6 - 9 = -3, -3 + 2 = -1. Answer: -1"
+
+    service, *_ = make_service(small=ScriptedBackend(model, "small"),
+                               large=ScriptedBackend(model, "large"))
+    with ServerThread(create_app(service)) as url:
+        exec(compile(example.replace("http://127.0.0.1:8000/v1", url), "README", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "6 - 9 = -3, -3 + 2 = -1. Answer: -1"
+    assert "completion_tokens=" in out[1] and out[-1] == "1"
+
+
+def test_a_slow_cascade_streams_keep_alive_comments_the_client_skips():
+    service, *_ = make_service(large=Recording(large_responder, "large", delay_s=0.4))
+    with ServerThread(create_app(service, keepalive_s=0.1)) as url:
+        body = {"model": "large", "messages": user("EASY question"), "stream": True}
+        with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=20) as raw:
+            lines = [ln for ln in raw.iter_lines() if ln]
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=20)
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            **body) if c.choices)
+    assert ": keep-alive" in lines and lines.index(": keep-alive") == 1  # after the role
+    assert text == "Answer: 3"

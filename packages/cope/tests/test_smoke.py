@@ -42,3 +42,23 @@ def test_bad_options_give_one_line_errors(tmp_path, capsys):
     assert "/nonexistent.jsonl" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a cope run directory" in capsys.readouterr().err
+
+
+def test_a_converted_gguf_names_its_architecture(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cope.backends import _save_converted
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2))
+    model.config.architectures = None  # as a GGUF load leaves it
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            pass
+
+    _save_converted(Tokenizer(), model, tmp_path / "converted")
+    config = json.loads((tmp_path / "converted" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (tmp_path / "converted" / "model.safetensors").stat().st_size > 0

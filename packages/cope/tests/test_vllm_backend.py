@@ -8,6 +8,7 @@ Skipped where the optional extra is not installed (``uv sync --extra vllm``, +3.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,6 +61,21 @@ def test_engine_args_serve_the_converted_folder_as_a_causal_lm(converted):
     assert model_config.max_model_len == 512
     assert model_config.get_vocab_size() == 49152
     assert model_config.seed == 0
+
+
+def test_a_config_without_architectures_is_named_a_causal_lm(tmp_path):
+    # conversions written before _save_converted recorded `architectures` lack it
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 256, "max_position_embeddings": 512, "tie_word_embeddings": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = vllm_engine_args(str(tmp_path), max_model_len=128)
+    assert args["hf_overrides"] == {"architectures": ["LlamaForCausalLM"]}
+    assert EngineArgs(**args).create_model_config().architectures == ["LlamaForCausalLM"]
+    # ... and one that names its class keeps it
+    (tmp_path / "config.json").write_text(json.dumps({**config,
+                                                      "architectures": ["LlamaForCausalLM"]}))
+    assert "hf_overrides" not in vllm_engine_args(str(tmp_path))
 
 
 def test_the_gguf_file_itself_is_not_a_vllm_model():

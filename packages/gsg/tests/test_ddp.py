@@ -64,8 +64,10 @@ def _record_batches(log, rank: int):
     real = SSLModule.training_step
 
     def training_step(self, batch, batch_idx):
+        lrs = [g["lr"] for g in self.trainer.optimizers[0].param_groups]  # this step's update
         log.write(json.dumps({"rank": rank, "epoch": self.current_epoch,
-                              "step": self.global_step, "rows": _row_hashes(batch)}) + "\n")
+                              "step": self.global_step, "lr": lrs,
+                              "rows": _row_hashes(batch)}) + "\n")
         return real(self, batch, batch_idx)
 
     SSLModule.training_step = training_step
@@ -162,7 +164,7 @@ def _writes(log_dir: Path, rank: int) -> list[str]:
     return path.read_text().splitlines() if path.is_file() else []
 
 
-def _one_process_reference(monkeypatch, tmp_path: Path) -> tuple[dict, list[dict]]:
+def _one_process_reference(tmp_path: Path) -> tuple[dict, list[dict]]:
     """The same arm in this process with the global batch (2 × per-device) on 1 device."""
     from gsg import config
     from gsg.experiments import Arm, train_arm
@@ -190,7 +192,7 @@ def _comparable(result: dict) -> dict:
 
 
 @pytest.mark.ddp
-def test_ddp_two_cpu_processes_shard_sync_write_once_and_resume(tmp_path, monkeypatch):
+def test_ddp_two_cpu_processes_shard_sync_write_once_and_resume(tmp_path):
     # ---- an uninterrupted 2-process run
     out_a = tmp_path / "a"
     proc, log_a = _launch(tmp_path, "a", out_a)
@@ -207,21 +209,25 @@ def test_ddp_two_cpu_processes_shard_sync_write_once_and_resume(tmp_path, monkey
         assert len(s0["rows"]) == len(s1["rows"]) == PER_DEVICE_BATCH
         assert not set(s0["rows"]) & set(s1["rows"])
     # ... whose union, step by step, is the 1-process run's batch of the global size
-    ref, ref_steps = _one_process_reference(monkeypatch, tmp_path)
+    ref, ref_steps = _one_process_reference(tmp_path)
     assert len(ref_steps) == len(steps0) == ref["steps"]
     for s0, s1, r in zip(steps0, steps1, ref_steps):
         assert s0["rows"] + s1["rows"] == r["rows"]
+        # the learning rate follows the global batch (linear scaling) and the sharded
+        # loader's schedule length: step for step the 1-process run's
+        assert s0["lr"] == s1["lr"] == pytest.approx(r["lr"], rel=1e-9)
     # gradients were averaged: the replicas end with identical weights
     p0 = json.loads((log_a / "params-0.json").read_text())
     p1 = json.loads((log_a / "params-1.json").read_text())
     assert p0 == p1 and p0["steps"] == ref["steps"]
     # consistent with the 1-process run: only batch-local statistics differ (BatchNorm and
-    # GSG's partners per 128-image shard, each rank's view draws), so the losses stay close
+    # GSG's partners per 128-image shard, each rank's view draws), so the results stay close
+    # (measured: epoch losses −0.0143/−0.0173 vs −0.0061/−0.0203, kNN 0.656 vs 0.665)
     ddp_loss = [h["loss"] for h in result_a["history"]]
     ref_loss = [h["loss"] for h in ref["history"]]
     assert [h["epoch"] for h in result_a["history"]] == [h["epoch"] for h in ref["history"]]
-    assert all(abs(a - b) < 0.05 for a, b in zip(ddp_loss, ref_loss)), (ddp_loss, ref_loss)
-    assert abs(result_a["final"]["knn"] - ref["final"]["knn"]) < 0.1
+    assert all(abs(a - b) < 0.02 for a, b in zip(ddp_loss, ref_loss)), (ddp_loss, ref_loss)
+    assert abs(result_a["final"]["knn"] - ref["final"]["knn"]) < 0.05
 
     # only rank 0 wrote into the run folder (and the hook did see rank 0's writes)
     assert _writes(log_a, 1) == []

@@ -127,3 +127,4 @@ def test_bench_reports_every_variant_and_the_fp16_stream_cost():
     assert out["fp16_stream_overhead"] == pytest.approx(
         tps["perln"] / tps["perln_fp16_stream"] - 1, abs=2e-3)
     assert out["fp16_stream_overhead_target"] == 0.05 and out["threads"] == 1
+    assert out["fp16_stream_pairs"] == 2 and out["fp16_stream_overhead_paired"] > -1

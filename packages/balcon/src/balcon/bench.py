@@ -20,7 +20,7 @@ from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule
 from balcon.config import load
-from reprokit.data.augment import TensorAugment, digits_augment, shapes_augment
+from reprokit.data.augment import TensorAugment, shapes_augment
 from reprokit.data.images import TensorBatches
 from reprokit.errors import ConfigError
 from reprokit.runtime import setup
@@ -31,8 +31,11 @@ def _inputs(cfg, n: int) -> tuple[torch.Tensor, object, tuple[int, int, int]]:
     not what is timed)."""
     name, size, strength = cfg.data.name, cfg.data.image_size, cfg.train.augment_strength
     gen = torch.Generator().manual_seed(0)
-    if name == "digits":
-        return torch.rand(n, 1, 8, 8, generator=gen), digits_augment(strength), (1, 8, 8)
+    if name == "digits":  # the data's own views (with or without per-view noise)
+        from balcon.data import build_data
+
+        augment = build_data(cfg.data, long_tailed=False).augment(strength)
+        return torch.rand(n, 1, 8, 8, generator=gen), augment, (1, 8, 8)
     if name == "scenes":  # glyphs in, fresh renderings out: the renderer is the augmentation
         from reprokit.data.scenes import DigitScenes
 

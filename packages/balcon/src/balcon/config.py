@@ -19,6 +19,9 @@ class DataConfig:
     imbalance_ratio: float = 10.0     # ρ = n_head / n_tail of the long-tailed training set
     lt_seed: int = 0                  # which images of a class the long-tailed subset keeps
     test_fraction: float = 0.3        # digits: stratified test split
+    view_noise: float = 0.0           # digits: σ of fresh per-view pixel noise (fixed noise on
+                                      # the evaluation images); 0 = the plain digits setting
+    view_augment: float = 1.0         # digits with view_noise: digits_augment strength factor
     image_size: int = 32              # natural images: crop size; scenes/shapes: canvas
     train_per_class: int = 500        # shapes: balanced training images per class (= n_max)
     test_per_class: int = 200         # shapes: test images per class

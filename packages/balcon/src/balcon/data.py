@@ -216,20 +216,69 @@ class InMemoryData:
         return self.test.images, self.test.labels
 
 
+BANK_NOISE_SEED, TEST_NOISE_SEED = 1000, 12345  # the fixed noise of the evaluation images
+
+
+class NoisyViews:
+    """A training view: an optional batched augmentation, then fresh Gaussian pixel noise of
+    std `sigma · strength` (not clipped: the noise is the nuisance, not a pixel range)."""
+
+    def __init__(self, sigma: float, strength: float, augment=None):
+        self.sigma, self.strength, self.augment = sigma, strength, augment
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x, generator=generator)
+        if self.sigma * self.strength <= 0:
+            return x
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        return x + noise * (self.sigma * self.strength)
+
+
 class DigitsData(InMemoryData):
-    """scikit-learn digits, balanced or long-tailed training set, balanced test set."""
+    """scikit-learn digits, balanced or long-tailed training set, balanced test set.
+
+    With ``view_noise`` σ > 0 the nuisance is pixel noise drawn per view: a training view is
+    the clean digit plus fresh noise (after ``digits_augment`` at ``view_augment`` × the
+    strength, if > 0), and the evaluation images (kNN bank / probe set and test set) carry one
+    fixed noise draw each. Raw pixels and a random encoder then see mostly noise, and what
+    two views share is the digit: a representation has to learn to ignore the noise."""
 
     def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
-                 test_fraction: float = 0.3):
+                 test_fraction: float = 0.3, view_noise: float = 0.0,
+                 view_augment: float = 1.0):
         from reprokit.data.images import load_digits
 
-        super().__init__(*load_digits(test_fraction=test_fraction), long_tailed,
-                         imbalance_ratio, lt_seed)
+        train, test = load_digits(test_fraction=test_fraction)
+        self.view_noise, self.view_augment = view_noise, view_augment
+        bank = train
+        if view_noise > 0:
+            bank = TensorSplit(_noisy(train.images, view_noise, BANK_NOISE_SEED), train.labels)
+            self.clean_test = test
+            test = TensorSplit(_noisy(test.images, view_noise, TEST_NOISE_SEED), test.labels)
+        keep = (long_tailed_indices(train.labels, imbalance_ratio, lt_seed) if long_tailed
+                else torch.arange(len(train.labels)))
+        self.train, self.test, self.bank = train.subset(keep), test, bank.subset(keep)
 
     def augment(self, strength: float):
         from reprokit.data.augment import digits_augment
 
-        return digits_augment(strength)
+        if self.view_noise <= 0:
+            return digits_augment(strength)
+        geometric = (digits_augment(strength * self.view_augment)
+                     if self.view_augment > 0 else None)
+        if geometric is not None:
+            geometric.noise_std = 0.0  # the per-view noise below is the noise
+        return NoisyViews(self.view_noise, strength, geometric)
+
+    def view_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # a test image's views are drawn around the clean digit (its surrogate prototype)
+        test = getattr(self, "clean_test", self.test)
+        return test.images, test.labels
+
+
+def _noisy(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    return images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
 
 
 class ShapesData(InMemoryData):
@@ -412,7 +461,8 @@ class _Transformed(Dataset):
 def build_data(cfg, long_tailed: bool):
     """The dataset object for `cfg.data` (a ``balcon.config.DataConfig``)."""
     if cfg.name == "digits":
-        return DigitsData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.test_fraction)
+        return DigitsData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.test_fraction,
+                          cfg.view_noise, cfg.view_augment)
     if cfg.name == "scenes":
         return ScenesData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.image_size,
                           cfg.render)

@@ -122,8 +122,10 @@ def _resume_step(ckpt_path: str | None) -> int:
 
 
 def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int = 1,
-              checkpoint_dir=None) -> tuple[SimCLRModule, float]:
-    """Train one SimCLR encoder; returns the module and the training wall time."""
+              checkpoint_dir=None, record_batches: bool = False) -> tuple[SimCLRModule, float]:
+    """Train one SimCLR encoder; returns the module and the training wall time.
+    `record_batches` keeps the dataset indices of every step's batch on the module (DDP
+    tests: which rank drew what)."""
     seed_everything(arm.seed)
     kwargs = _backbone_kwargs(cfg, data)
     net = SimCLRNet(cfg.model.backbone, kwargs, cfg.model.proj_hidden, cfg.model.proj_dim)
@@ -134,6 +136,7 @@ def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int 
     module = SimCLRModule(net, loss, cfg.train, data.augment(arm.strength),
                           bn_views=cfg.model.bn_views, channels_last=cfg.model.channels_last,
                           seed=arm.seed)
+    module.record_batches = record_batches
     quiet_lightning()
     progress = trainer_progress_kwargs()
     callbacks = list(progress.pop("callbacks"))
@@ -281,7 +284,8 @@ def default_workers(cfg: BalconConfig, runtime: Runtime, devices: int) -> int:
 
 def run_experiments(cfg: BalconConfig, runtime: Runtime, run: RunDir, devices: int = 1,
                     log=print, rank_zero: bool = True) -> dict[str, dict]:
-    (run.path / "results").mkdir(exist_ok=True)
+    if rank_zero:
+        (run.path / "results").mkdir(exist_ok=True)
     done = load_results(run)
     if done and rank_zero:
         log(f"resuming: {len(done)} finished arm(s) read back from {run.path / 'results'}")

@@ -82,7 +82,9 @@ def cmd_bench(args) -> int:
     from reprokit.runtime import setup
 
     cfg = _config(args)
-    runtime = setup(cfg.accelerator, cfg.precision, seed=0)
+    if args.devices != 1:
+        raise ConfigError("bench: --devices must be 1 (it times one process)")
+    runtime = setup(cfg.accelerator, cfg.precision, threads=args.threads, seed=0)
     print(json.dumps(run_bench(cfg, runtime, batch=args.batch, repeats=args.repeats)))
     return 0
 
@@ -115,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a run: finished categories are read back, not recomputed")
     rep.set_defaults(func=cmd_reproduce)
 
-    ben = sub.add_parser("bench", help="images/s of each branch, the fused pipeline and a "
-                                       "WinCLIP-style sliding-window pass; prints one JSON line")
+    ben = sub.add_parser("bench", help="per-image latency of each stage, the fused pipeline "
+                                       "before/after the speed-ups and the WinCLIP-style "
+                                       "reference; prints one JSON line")
     common(ben)
     ben.add_argument("--batch", type=int, default=4)
     ben.add_argument("--repeats", type=int, default=3)
+    ben.add_argument("--threads", type=int, default=1,
+                     help="torch threads (default 1: comparable side-by-side timings)")
     ben.set_defaults(func=cmd_bench)
     return parser
 

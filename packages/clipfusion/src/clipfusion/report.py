@@ -12,6 +12,12 @@ import numpy as np
 import yaml
 
 from clipfusion.metrics import METRICS
+from clipfusion.prompts import (
+    ANOMALOUS_STATES,
+    EXTENDED_ANOMALOUS_STATES,
+    NORMAL_STATES,
+    TEMPLATES,
+)
 from reprokit.report import (
     Claim,
     Report,
@@ -120,7 +126,7 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
                     "branch beats 0.5 AUROC; " + margin_note)
         claims.append(Claim("Zero-shot: the fused map segments better than the best single "
                             "branch (pixel AUROC, mean over categories)", measured, rule,
-                            verdict, ["figures/roc.png"]))
+                            verdict, ["figures/curves.png"]))
     if k_max > 0:
         for metric, what in (("pixel_auroc", "segments"), ("image_auroc", "classifies")):
             best = best_single(k_max, metric)
@@ -140,7 +146,7 @@ def build_claims(res: Results, random_weights: bool) -> list[Claim]:
                             paired=len(res.values("fused", k_max, metric))
                             == len(res.values(best, k_max, metric)),
                             label=f"fused − {best}")),
-                ["figures/roc.png", "figures/shots.png"]))
+                ["figures/curves.png", "figures/shots.png"]))
         if have_zero:
             parts = [compare(res.values("fused", k_max, m), res.values("fused", 0, m))
                      for m in ("pixel_auroc", "image_auroc")]
@@ -200,53 +206,83 @@ def figure_shots(res: Results, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def figure_roc(res: Results, path: Path) -> Path:
+def figure_curves(res: Results, path: Path) -> Path:
+    """Per category (rows): image ROC, pixel ROC and the PRO curve (to FPR 0.3, whose
+    normalised area is AUPRO), zero-shot dotted, largest k solid."""
     cats = res.categories
-    fig, axes = new_figure(2, len(cats), size=(3.2, 3.0))
-    for j, cat in enumerate(cats):
+    fig, axes = new_figure(len(cats), 3, size=(3.2, 2.9))
+    panels = (("image", "image ROC", "TPR"), ("pixel", "pixel ROC", "TPR"),
+              ("pro", "PRO curve", "per-region overlap"))
+    for i, cat in enumerate(cats):
         curves = res.by_category[cat]["curves"]
-        for i, level in enumerate(("image", "pixel")):
+        for j, (level, title, ylabel) in enumerate(panels):
             ax = axes[i][j]
-            for k, style in sorted(curves.items(), key=lambda kv: int(kv[0])):
+            for k, arms in sorted(curves.items(), key=lambda kv: int(kv[0])):
                 for arm, color in (("clip", "C0"), ("diff", "C1"), ("fused", "C2")):
-                    c = style[arm][level]
-                    if c["fpr"]:
-                        ax.plot(c["fpr"], c["tpr"], color=color,
+                    c = arms[arm].get(level)
+                    if c and c["fpr"]:
+                        ax.plot(c["fpr"], c["tpr" if level != "pro" else "pro"], color=color,
                                 ls="-" if int(k) > 0 else ":", label=f"{arm} k={k}")
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
-            ax.set_title(f"{cat}: {level} ROC", fontsize=9)
-            ax.set_xlabel("FPR")
-            ax.set_ylabel("TPR")
+            if level != "pro":
+                ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+            ax.set_title(f"{cat}: {title}", fontsize=9)
+            ax.set_xlabel("FPR (normal pixels)" if level == "pro" else "FPR")
+            ax.set_ylabel(ylabel)
     axes[0][0].legend(fontsize=6)
     return save_figure(fig, path)
 
 
+MAP_COLUMNS = (("clip_L", "CLIP L"), ("clip_V", "CLIP V"), ("diff_L", "Diff L"),
+               ("diff_V", "Diff V"), ("clip", "CLIP branch"), ("diff", "Diff branch"),
+               ("fused", "fused"))
+
+
 def figure_maps(run_path: Path, category: str, path: Path) -> Path | None:
+    """One row per example (a defect type, then a good image): the image with its
+    ground-truth contour, then each map overlaid on the image (jet, alpha 0.5) with the
+    contour; one colour scale per column (so good and defective rows compare) and its bar."""
     file = run_path / "maps" / f"{category}.npz"
     if not file.is_file():
         return None
     data = np.load(file)
     ks = sorted({int(name.split("_")[0][1:]) for name in data.files if name.startswith("k")})
-    cols = [("image", None), ("ground truth", None)]
-    cols += [(f"{arm} k={k}", f"k{k}_{arm}") for k in ks for arm in ("clip", "diff", "fused")]
+    k_max = max(ks)
+    cols = [(f"{title} k={k_max}", f"k{k_max}_{arm}") for arm, title in MAP_COLUMNS
+            if f"k{k_max}_{arm}" in data.files]
+    if 0 in ks and k_max > 0:
+        cols.append(("fused k=0", "k0_fused"))
     n = data["images"].shape[0]
-    fig, axes = new_figure(n, len(cols), size=(1.7, 1.8))
+    fig, axes = new_figure(n, 1 + len(cols), size=(1.75, 1.85))
     for i in range(n):
-        for j, (title, key) in enumerate(cols):
+        image = np.transpose(data["images"][i], (1, 2, 0))
+        mask = data["masks"][i]
+        for j in range(1 + len(cols)):
             ax = axes[i][j]
-            ax.axis("off")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(image)
             if j == 0:
-                ax.imshow(np.transpose(data["images"][i], (1, 2, 0)))
-                ax.set_title(str(data["defects"][i]), fontsize=7)
-                continue
-            if j == 1:
-                ax.imshow(data["masks"][i], cmap="gray", vmin=0, vmax=1)
-            else:  # one colour scale per column, so good and defective rows compare
+                ax.set_ylabel(str(data["defects"][i]), fontsize=8)
+                if i == 0:
+                    ax.set_title("image + ground truth", fontsize=7)
+            else:
+                title, key = cols[j - 1]
                 col = data[key].astype(np.float32)
-                ax.imshow(col[i], cmap="jet", vmin=float(col.min()), vmax=float(col.max()))
-            if i == 0:
-                ax.set_title(title, fontsize=7)
-    return save_figure(fig, path)
+                im = ax.imshow(col[i], cmap="jet", alpha=0.5, vmin=float(col.min()),
+                               vmax=float(col.max()))
+                if i == 0:
+                    ax.set_title(title, fontsize=7)
+                if i == n - 1:
+                    bar = fig.colorbar(im, ax=axes[:, j].tolist(), orientation="horizontal",
+                                       fraction=0.04, pad=0.02)
+                    bar.ax.tick_params(labelsize=5)
+            if mask.any():
+                ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------- report
@@ -281,18 +317,46 @@ def write_report(run_path: str | Path) -> Path:
                "maps (CLIP prompts, diffusion cross-attention) cannot carry meaning, and only "
                "the visual memory-bank maps can detect anything." if random_weights else "")
     f = cfg["fusion"]
+    c = cfg["clip"]
+    sizes = info.get("input_sizes", {})
+    n_anomalous = len(EXTENDED_ANOMALOUS_STATES if c["prompt_states"] == "extended"
+                      else ANOMALOUS_STATES)
+    size_text = ", ".join(f"{b} {v[0]}×{v[1]}" for b, v in sizes.items())
+    norm_text = {
+        "reference": "per image (non-transductive): each map type and the global score "
+                     "z-scored with the mean/std of normal images only: the k references' L "
+                     "maps and global score, their V maps leave-one-out (each against the "
+                     "other k − 1); what k cannot give (zero-shot; V and the global score at "
+                     f"k = 1) from {f['calibration_images']} calibration images (train/good, "
+                     "never a reference nor a test image)",
+        "calibration": f"per image: z-scores from {f['calibration_images']} calibration "
+                       "images (train/good, never a reference nor a test image)",
+        "test_zscore": "TRANSDUCTIVE: z-scores over the category's test pixels (an image's "
+                       "score depends on the other test images)",
+        "none": "none (raw maps summed)"}[f["normalization"]]
     rep.section("Setting", f"""
-- **scale:** {cfg['scale']}; **data:** {data_text}; {counts}; images and masks at
-  {d['image_size']}×{d['image_size']} px (metrics computed at this size)
+- **scale:** {cfg['scale']}; **data:** {data_text}; {counts}; masks and maps at
+  {d['image_size']}×{d['image_size']} px (metrics computed at this size); each branch reads
+  the image file at its own input size ({size_text})
 {weight_lines}
 - **shots:** {res.shots}; **seeds** (draws of the k reference images from train/good):
   {cfg['seeds']}; zero-shot is deterministic (one evaluation)
+- **CLIP branch (WinCLIP choices):** softmax over {{normal, anomalous}} of cos / T with
+  T = {c['temperature']} (anomalib's WinCLIP: 0.07); prompt states "{c['prompt_states']}"
+  ({len(NORMAL_STATES)} normal and {n_anomalous} anomalous states × {len(TEMPLATES)} templates;
+  WinCLIP: 7 and 4 states, 21 templates); L map from blocks
+  {c['language_layers']} (projected into the joint space); memory bank from blocks
+  {c['bank_layers']}, {c['bank_tokens']} tokens (anomalib's WinCLIP: the last block's output
+  tokens after ln_post, before the projection); the WinCLIP window/multi-scale maps are not
+  part of PatchCLIP (they are `clipfusion bench`'s cost reference)
 - **diffusion:** timestep {cfg['diffusion']['timestep']}/1000, prompt
   "{cfg['diffusion']['prompt']}", attention words {cfg['diffusion']['attention_words']},
   feature up-blocks {cfg['diffusion']['feature_blocks']}
-- **fusion:** α = {f['alpha']}, normalisation {f['normalization']}, Gaussian σ =
-  {f['smoothing_sigma']} px, image score = mean of top {f['topk_fraction']:.0%} pixels
+- **fusion:** α = {f['alpha']}; normalisation: {norm_text}; Gaussian σ =
+  {f['smoothing_sigma']} px; image score = mean of top {f['topk_fraction']:.0%} pixels
   + {f['global_weight']} × standardised CLIP global score (arms with the CLIP L map)
+- **ablation:** the `fused_transductive` rows z-score every map with the test set's own
+  moments (the earlier default); they are not a deployable detector
 """ + warning)
 
     rep.section("Results: mean over categories")
@@ -316,24 +380,31 @@ def write_report(run_path: str | Path) -> Path:
                                    for m in ("pixel_auroc", "pixel_aupro", "image_auroc")
                                    for a in ("clip", "diff", "fused")]])
     rep.table(headers, rows, caption="Means over seeds for k > 0.")
-    rep.figure(figure_roc(res, figures / "roc.png"),
-               f"Image- and pixel-level ROC per category (seed {cfg['seeds'][0]}; dotted: "
-               f"zero-shot, solid: {max(res.shots)}-shot).")
+    rep.figure(figure_curves(res, figures / "curves.png"),
+               f"Per category: image ROC, pixel ROC and PRO curve (to FPR 0.3; its area / 0.3 "
+               f"is AUPRO), seed {cfg['seeds'][0]}; dotted: zero-shot, solid: "
+               f"{max(res.shots)}-shot.")
     for cat in res.categories:
         p = figure_maps(run_path, cat, figures / f"maps_{cat}.png")
         if p:
-            rep.figure(p, f"{cat}: image, ground truth, and the smoothed, standardised maps "
-                          "(CLIP branch, diffusion branch, fused) zero-shot and at the largest k.")
+            rep.figure(p, f"{cat}: one row per defect type (and a good image); each map "
+                          "(standardised with normal-image statistics, smoothed) overlaid on the "
+                          "image, white: ground-truth contour; the L and V maps of each branch, "
+                          "each branch, the fused map at the largest k, and fused zero-shot.")
 
     timing = [r["timing"] for r in res.by_category.values()]
     n_img = sum(t["images"] for t in timing)
     if n_img:
         rep.section("Cost in this run", (
-            f"{n_img} images went through both branches (test + the reference images used): "
-            f"PatchCLIP {fmt(1000 * sum(t['clip_seconds'] for t in timing) / n_img)} ms/image, "
-            f"MapDiff {fmt(1000 * sum(t['diff_seconds'] for t in timing) / n_img)} ms/image "
-            f"(batch {cfg['batch_size']}; wall-clock on a shared machine). `clipfusion bench` "
-            "measures throughput against a WinCLIP-style sliding-window pass."))
+            f"{n_img} images went through both branches (test + the reference and calibration "
+            f"images used): PatchCLIP "
+            f"{fmt(1000 * sum(t['clip_seconds'] for t in timing) / n_img)} ms/image, MapDiff "
+            f"{fmt(1000 * sum(t['diff_seconds'] for t in timing) / n_img)} ms/image "
+            f"(batch {cfg['batch_size']}); memory-bank search and maps "
+            f"{fmt(sum(t.get('search_seconds', 0.0) for t in timing))} s, scoring "
+            f"{fmt(sum(t.get('score_seconds', 0.0) for t in timing))} s in all (wall-clock on a "
+            "shared machine; the metrics' time is not included). `clipfusion bench` gives the "
+            "per-stage latencies and the WinCLIP-style reference."))
 
     rep.section("Metric definitions", """
 I-AUROC/I-AP/I-F1max: from image scores; P-AUROC/P-AP/P-F1max: over all test pixels

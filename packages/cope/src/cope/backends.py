@@ -158,6 +158,9 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         config = model.config.to_dict()
         config.pop("quantization_config", None)
+        # a GGUF load leaves `architectures` empty; other loaders (vLLM) pick the model
+        # class from it, and would take the bare base model (no LM head) without it
+        config["architectures"] = config.get("architectures") or [type(model).__name__]
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)

@@ -1,10 +1,12 @@
 """Training data and the representation monitors.
 
-- digits (offline default): scikit-learn's 8×8 digits pasted at a fixed random position of a
-  ``canvas``×``canvas`` image, kept in memory and served a whole shuffled batch per item
-  (``reprokit.data.images.TensorBatches``, one epoch per pass); views are made batched, inside
-  the training step (``reprokit.data.augment.TensorAugment``: shifts, small rotations, noise,
-  erasing).
+- digits (offline default, ``reprokit.data.images.noisy_digits``): the clean 8×8 training
+  digits, kept in memory and served a whole shuffled batch per item
+  (``reprokit.data.images.TensorBatches``, one epoch per pass); each view is the clean digit
+  plus fresh Gaussian noise, made batched inside the training step
+  (``reprokit.data.augment.GaussianNoiseViews``); kNN bank, probe and test images carry one
+  fixed draw of the same noise, so raw pixels and a random encoder are poor and denoising is
+  what a representation has to learn.
 - CIFAR-10/100 and ImageFolder: per-image SimSiam/MoCo-v2 views (``natural_image_views``)
   through ``MultiViewDataset`` and a DataLoader with workers and pinned memory.
 """
@@ -21,16 +23,18 @@ from gsg.config import DataConfig, EvalConfig
 from reprokit.data.augment import (
     CIFAR_MEAN,
     CIFAR_STD,
+    GaussianNoiseViews,
     TensorAugment,
     eval_transform,
     natural_image_views,
 )
 from reprokit.data.images import (
     MultiViewDataset,
+    NoisyDigits,
     TensorBatches,
     TensorSplit,
     image_folder,
-    load_digits,
+    noisy_digits,
     torchvision_dataset,
 )
 from reprokit.errors import DatasetError
@@ -44,40 +48,20 @@ from reprokit.evaluation import (
 )
 
 
-def paste_on_canvas(images: torch.Tensor, canvas: int, generator: torch.Generator) -> torch.Tensor:
-    """Each (C, h, w) image at a uniformly random (fixed) position of a zero canvas."""
-    n, c, h, w = images.shape
-    if canvas == h == w:
-        return images
-    out = images.new_zeros(n, c, canvas, canvas)
-    top = torch.randint(0, canvas - h + 1, (n,), generator=generator)
-    left = torch.randint(0, canvas - w + 1, (n,), generator=generator)
-    rows = (top[:, None] + torch.arange(h))[:, :, None]          # (n, h, 1)
-    cols = (left[:, None] + torch.arange(w))[:, None, :]          # (n, 1, w)
-    idx = torch.arange(n)[:, None, None]
-    for ch in range(c):
-        out[idx, ch, rows, cols] = images[:, ch]
-    return out
+def digits_data(cfg: DataConfig) -> NoisyDigits:
+    """Clean training digits (views add fresh noise), fixed-noise kNN bank and test set."""
+    return noisy_digits(cfg.noise, bank_seed=cfg.bank_seed, test_seed=cfg.test_seed)
 
 
-def corrupted_digits(cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:
-    """Digits on a ``canvas``-px canvas with fixed per-image Gaussian noise (train and test)."""
-    train, test = load_digits()
-    gen = torch.Generator().manual_seed(cfg.corruption_seed)
-
-    def corrupt(images: torch.Tensor) -> torch.Tensor:
-        images = paste_on_canvas(images, cfg.canvas, gen)
-        noise = torch.randn(images.shape, generator=gen) * cfg.noise
-        return (images + noise).clamp(0, 1)
-
-    return TensorSplit(corrupt(train.images), train.labels), TensorSplit(corrupt(test.images),
-                                                                         test.labels)
-
-
-def digits_views(cfg: DataConfig) -> TensorAugment:
-    """Shifts, small rotations, noise and erasing; no flips (a flipped 2 is not a 2)."""
-    return TensorAugment(max_shift=cfg.max_shift, max_rotation=15.0, noise_std=cfg.augment_noise,
-                         erase_prob=0.5, erase_max_area=0.25, strength=cfg.augment_strength)
+def digits_views(cfg: DataConfig) -> GaussianNoiseViews:
+    """Fresh N(0, augment_noise²) noise per view on the clean digit; with augment_strength > 0,
+    shifts, small rotations and erasing first (no flips: a flipped 2 is not a 2)."""
+    geometric = None
+    if cfg.augment_strength > 0:
+        geometric = TensorAugment(max_shift=cfg.max_shift, max_rotation=15.0, noise_std=0.0,
+                                  erase_prob=0.5, erase_max_area=0.25,
+                                  strength=cfg.augment_strength)
+    return GaussianNoiseViews(cfg.augment_noise, geometric)
 
 
 @dataclass
@@ -85,7 +69,7 @@ class TrainingData:
     """What a run trains and is evaluated on."""
 
     loader: DataLoader
-    augment: TensorAugment | None        # None: the loader already yields lists of views
+    augment: object | None               # views of a batch; None: the loader yields lists of views
     in_shape: tuple[int, int, int]
     eval_train: object                   # TensorSplit or Dataset of (image, label)
     eval_test: object
@@ -116,10 +100,11 @@ def natural_datasets(cfg: DataConfig, n_views: int):
 def build_training_data(cfg: DataConfig, batch_size: int, n_views: int, seed: int,
                         accelerator: str = "cpu") -> TrainingData:
     if cfg.name == "digits":
-        train, test = corrupted_digits(cfg)
-        loader = DataLoader(TensorBatches(train.images, batch_size, seed), batch_size=None,
+        digits = digits_data(cfg)
+        loader = DataLoader(TensorBatches(digits.train.images, batch_size, seed), batch_size=None,
                             shuffle=False, num_workers=0)
-        return TrainingData(loader, digits_views(cfg), tuple(train.images.shape[1:]), train, test)
+        return TrainingData(loader, digits_views(cfg), tuple(digits.train.images.shape[1:]),
+                            digits.bank, digits.test)
     train_set, eval_train, eval_test = natural_datasets(cfg, n_views)
     if batch_size > len(train_set):
         raise DatasetError(f"batch size {batch_size} exceeds the {len(train_set)} training images")
@@ -173,6 +158,7 @@ def raw_pixel_knn(cfg: DataConfig, eval_cfg: EvalConfig) -> float | None:
     """kNN on raw pixels: the floor a representation has to beat (digits only)."""
     if cfg.name != "digits":
         return None
-    train, test = corrupted_digits(cfg)
-    return knn_accuracy(train.images.flatten(1), train.labels, test.images.flatten(1),
+    digits = digits_data(cfg)
+    bank, test = digits.bank, digits.test
+    return knn_accuracy(bank.images.flatten(1), bank.labels, test.images.flatten(1),
                         test.labels, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature)

@@ -495,10 +495,12 @@ def figure_curves(res: Results, key: str, path: Path, title: str, log: bool,
             runs = [r for r in res.get(placement, lr) if r["history"]["step"]]
             if not runs:
                 continue
-            steps = runs[0]["history"]["step"]
-            values = [_smooth(r["history"][key], smooth) for r in runs]
-            plot_band(ax, steps[smooth - 1:] if smooth > 1 else steps, values, placement,
-                      COLORS.get(placement), log=log)
+            steps = max((r["history"]["step"] for r in runs), key=len)
+            # plot_band cuts every seed to the shortest run; one shorter than the window
+            # (an early divergence, a smoke run) is drawn unsmoothed
+            k = smooth if min(len(r["history"]["step"]) for r in runs) >= smooth else 1
+            values = [_smooth(r["history"][key], k) for r in runs]
+            plot_band(ax, steps[k - 1:], values, placement, COLORS.get(placement), log=log)
             for r in runs:
                 if r["diverged"]:
                     ax.axvline(r["divergence"]["step"], color=COLORS.get(placement), ls=":")

@@ -7,6 +7,8 @@
   (a flipped 2 is not a 2) and shifts, small rotations, noise and erasing carry the
   invariances. ``shapes_augment``: the procedural shapes (``reprokit.data.shapes``), where
   crops, any rotation, flips and strong colour jitter carry them.
+- ``GaussianNoiseViews``: fresh per-view Gaussian noise on clean images (after an optional
+  ``TensorAugment``), the views of ``reprokit.data.images.noisy_digits``.
 - ``natural_image_views()``: the SimSiam / MoCo-v2 per-image pipeline for natural images.
 """
 
@@ -155,6 +157,24 @@ def shapes_augment(strength: float = 1.0) -> TensorAugment:
                          contrast=0.4, saturation=0.4, hue=0.2, jitter_prob=0.8,
                          grayscale_prob=0.2, noise_std=0.03, erase_prob=0.0,
                          padding_mode="reflection", strength=strength)
+
+
+@dataclass
+class GaussianNoiseViews:
+    """Views of clean images: an optional ``TensorAugment`` (`augment`), then fresh additive
+    N(0, `std`²) noise per view and pixel, not clamped — the training views of
+    ``reprokit.data.images.noisy_digits`` (whose evaluation images carry the same noise, drawn
+    once). Two views share the image and nothing of their noise."""
+
+    std: float = 0.7
+    augment: TensorAugment | None = None
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x, generator)
+        if self.std <= 0:
+            return x
+        return x + self.std * torch.randn(x.shape, generator=generator, device=x.device)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
