@@ -4,30 +4,49 @@ import torch
 from PIL import Image
 
 from gsg import config
-from gsg.data import corrupted_digits, paste_on_canvas
+from gsg.data import digits_data, digits_views
+from gsg.module import SSLModule
 from gsg.experiments import Arm, train_arm
 from reprokit.runtime import setup
 
 
-def test_paste_on_canvas_keeps_each_digit_intact():
-    images = torch.rand(5, 1, 8, 8)
-    out = paste_on_canvas(images, 12, torch.Generator().manual_seed(0))
-    assert out.shape == (5, 1, 12, 12)
-    for img, big in zip(images, out, strict=True):
-        assert torch.isclose(big.sum(), img.sum())
-        nz = big[0].nonzero()
-        assert (nz.max(0).values - nz.min(0).values <= 7).all()
-
-
-def test_corrupted_digits_are_fixed_and_noisy():
+def test_digits_views_share_the_digit_not_the_noise():
     cfg = config.load("smoke").data
-    a, _ = corrupted_digits(cfg)
-    b, _ = corrupted_digits(cfg)
-    assert torch.equal(a.images, b.images)          # the corruption is part of the data set
-    cfg.noise = 0.0
-    clean, _ = corrupted_digits(cfg)
-    assert (a.images - clean.images).abs().mean() > 0.05
-    assert a.images.min() >= 0 and a.images.max() <= 1
+    digits = digits_data(cfg)
+    again = digits_data(cfg)
+    assert torch.equal(digits.bank.images, again.bank.images)      # fixed evaluation noise
+    assert torch.equal(digits.test.images, again.test.images)
+    clean = digits.train.images
+    noise = digits.bank.images - clean                              # the bank is the same digits
+    assert abs(noise.std().item() - cfg.noise) < 0.02
+    views = digits_views(cfg)
+    a, b = views(clean[:256]), views(clean[:256])
+    # each view is the clean digit plus its own noise: the two noises are uncorrelated
+    na, nb = (a - clean[:256]).flatten(), (b - clean[:256]).flatten()
+    assert abs(na.std().item() - cfg.augment_noise) < 0.02
+    assert abs(torch.corrcoef(torch.stack([na, nb]))[0, 1].item()) < 0.02
+
+
+def test_per_view_batchnorm_matches_a_hand_written_per_view_forward():
+    cfg = config.load("smoke")
+    torch.manual_seed(0)
+    module = SSLModule(cfg, "byol_gsg", True, (1, 8, 8))
+    module.train()
+    x = torch.randn(4 * 16, 1, 8, 8)
+    z, p, t = module.forward_views(x)
+    net, target = module.net, module.target
+    for v in range(4):   # each view normalised over its own 16 images
+        xv = x[16 * v:16 * (v + 1)]
+        zv = net.projector(net.backbone(xv))
+        assert torch.allclose(z[v], zv, atol=1e-5)
+        assert torch.allclose(p[v], net.predictor(zv), atol=1e-5)
+        assert torch.allclose(t[v], target.projector(target.backbone(xv)), atol=1e-5)
+    # the concatenated variant normalises over all 64 images: different numbers
+    cfg.model.bn_views = "concat"
+    zc, _, _ = module.forward_views(x)
+    assert zc.shape == z.shape and not torch.allclose(zc, z, atol=1e-3)
+    zall = net.projector(net.backbone(x)).view(4, 16, -1)
+    assert torch.allclose(zc, zall, atol=1e-5)
 
 
 def test_image_folder_path_trains_with_multiview_loader(tmp_path):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gsg.config import GSGConfig
-from gsg.data import corrupted_digits, digits_views
+from gsg.data import digits_data, digits_views
 from gsg.model import SiameseNet
 from gsg.module import SSLModule
 from reprokit.data.augment import TensorAugment
@@ -37,9 +37,9 @@ class _Stamps(L.Callback):
         self.times.append(time.perf_counter())
 
 
-def _images(cfg: GSGConfig, n: int) -> tuple[torch.Tensor, TensorAugment]:
+def _images(cfg: GSGConfig, n: int):
     if cfg.data.name == "digits":
-        return corrupted_digits(cfg.data)[0].images, digits_views(cfg.data)
+        return digits_data(cfg.data).train.images, digits_views(cfg.data)
     size = cfg.data.image_size
     return torch.rand(n, 3, size, size), TensorAugment(flip=True, noise_std=0.0, erase_prob=0.0)
 
@@ -87,9 +87,12 @@ def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 20,
         if channels_last:
             v = v.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            z = net.projector(net.backbone(v))
-            p = net.predictor(z)
-        z, p = z.float().view(2, batch, -1), p.float().view(2, batch, -1)
+            if cfg.model.bn_views == "per_view":   # one pass per view, as the module does
+                outs = [net(u) for u in v.split(batch)]
+                z, p = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+            else:
+                z, p = (out.view(2, batch, -1) for out in net(v))
+        z, p = z.float(), p.float()
         loss = -0.5 * (F.cosine_similarity(p[0], z[1].detach()).mean()
                        + F.cosine_similarity(p[1], z[0].detach()).mean())
         opt.zero_grad(set_to_none=True)

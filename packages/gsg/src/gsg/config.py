@@ -86,6 +86,7 @@ class ExperimentConfig:
     sweep_methods: list[str] = field(default_factory=lambda: ["simsiam", "simsiam_gsg"])
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sweep_epochs: int = 20
+    workers: int = 0                # arms trained in parallel processes (0: one per core on CPU)
 
 
 @dataclass

@@ -18,7 +18,9 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +30,7 @@ from gsg.data import Monitor, build_training_data
 from gsg.module import RecordEpoch, SSLModule, parse_method
 from reprokit.progress import quiet_lightning, track
 from reprokit.runs import RunDir, read_json
-from reprokit.runtime import Runtime, seed_everything
+from reprokit.runtime import Runtime, available_cpus, seed_everything
 
 log = logging.getLogger("gsg")
 
@@ -130,10 +132,29 @@ def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,
     return module, result
 
 
+def _train_arm_in_worker(cfg: GSGConfig, arm: Arm, accelerator: str, precision: str,
+                         threads: int, ckpt: Path) -> dict:
+    """One arm in a worker process (spawned: torch state is set up afresh, `threads` each)."""
+    from reprokit.runtime import setup
+
+    runtime = setup(accelerator, precision, threads=threads)
+    return train_arm(cfg, arm, runtime, 1, ckpt, resume=True)[1]
+
+
+def arm_workers(cfg: GSGConfig, runtime: Runtime, devices: int, n_arms: int) -> int:
+    """Parallel arm processes: ``experiments.workers``, or one per CPU core on CPU (the arms'
+    matrices are too small to use a second thread well); 1 on accelerators and under DDP."""
+    if devices > 1 or runtime.accelerator != "cpu":
+        return 1
+    workers = cfg.experiments.workers or max(1, available_cpus() // max(1, runtime.threads))
+    return max(1, min(workers, n_arms))
+
+
 def run_experiments(cfg: GSGConfig, run: RunDir, runtime: Runtime, devices: int = 1,
                     resume: bool = False, write: bool = True) -> dict[str, dict]:
     """Run every arm not already finished in `run`; returns {key: result}.
 
+    Arms run in `arm_workers` parallel processes (one thread each on the cpu scale).
     ``write=False`` (DDP ranks > 0) trains along but leaves the run folder to rank 0.
     """
     groups = plan(cfg)
@@ -142,16 +163,17 @@ def run_experiments(cfg: GSGConfig, run: RunDir, runtime: Runtime, devices: int 
         run.write_json("plan.json", {g: [a.key for a in arms] for g, arms in groups.items()})
     arms = unique_arms(groups)
     results: dict[str, dict] = {}
-    for arm in track(arms, "gsg arms", total=len(arms)):
-        path = run.path / "results" / f"{arm.key}.json"
-        if path.is_file():
+    todo = []
+    for arm in arms:
+        if (run.path / "results" / f"{arm.key}.json").is_file():
             results[arm.key] = run.read_json(f"results/{arm.key}.json")
             print(f"[gsg] {arm.key}: done earlier, read back", flush=True)
-            continue
-        ckpt = run.checkpoints / arm.key / "last.ckpt"
-        _, result = train_arm(cfg, arm, runtime, devices, ckpt, resume=True)
+        else:
+            todo.append(arm)
+
+    def finished(arm: Arm, result: dict) -> None:
         if not write:
-            continue
+            return
         run.write_json(f"results/{arm.key}.json", result)
         run.log({"arm": arm.key, **{k: result[k] for k in ("train_seconds", "diverged")},
                  **result["final"]})
@@ -163,6 +185,22 @@ def run_experiments(cfg: GSGConfig, run: RunDir, runtime: Runtime, devices: int 
               f"z_std {f['z_std']:.3f} z_erank {f['z_erank']:.1f} "
               f"({result['train_seconds']:.0f}s{', DIVERGED' if result['diverged'] else ''})",
               flush=True)
+
+    workers = arm_workers(cfg, runtime, devices, len(todo))
+    if workers == 1:
+        for arm in track(todo, "gsg arms", total=len(todo)):
+            ckpt = run.checkpoints / arm.key / "last.ckpt"
+            finished(arm, train_arm(cfg, arm, runtime, devices, ckpt, resume=True)[1])
+        return results
+    context = get_context("spawn")  # fork is unsafe with torch's thread pools
+    threads = max(1, runtime.threads)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {pool.submit(_train_arm_in_worker, cfg, arm, runtime.accelerator,
+                               runtime.precision, threads,
+                               run.checkpoints / arm.key / "last.ckpt"): arm for arm in todo}
+        for future in track(as_completed(futures), f"gsg arms ({workers} processes)",
+                            total=len(futures)):
+            finished(futures[future], future.result())
     return results
 
 

@@ -1,7 +1,8 @@
 """One Lightning module for SimSiam, SimSiam+GSG, BYOL and BYOL+GSG, with or without predictor.
 
-A training step: views of the batch (2, or 4 for GSG) → one concatenated forward pass of the
-online network (and of the EMA target for BYOL) → the loss. BYOL's target network is updated
+A training step: views of the batch (2, or 4 for GSG) → a forward pass of the online network
+(and of the EMA target for BYOL) per view, as the reference code calls its encoder, so BatchNorm
+sees one view's batch (``model.bn_views: concat``: one pass over all views) → the loss. BYOL's target network is updated
 after every optimiser step. A non-finite loss skips the step, is recorded and stops the run
 (data, not a crash). Monitors (kNN, collapse) run every ``eval.every`` epochs.
 """
@@ -66,11 +67,28 @@ class SSLModule(L.LightningModule):
         x = torch.cat(views)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def compute_loss(self, x: torch.Tensor) -> torch.Tensor:
-        z, p = self.net(x)
+    def forward_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, p, t), each (V, B, d): projections, predictions and targets (BYOL: the EMA
+        network's projections; SimSiam: z). ``bn_views: per_view`` runs the networks once per
+        view, so every BatchNorm normalises over the B images of one view as in the reference
+        code; ``concat`` runs the V·B images in one pass (BN statistics over all views)."""
         v, b = self.n_views, x.shape[0] // self.n_views
-        z, p = z.view(v, b, -1).float(), p.view(v, b, -1).float()
-        t = self.target(x).view(v, b, -1).float() if self.target is not None else z
+        if self.cfg.model.bn_views == "per_view":
+            outs = [self.net(xv) for xv in x.split(b)]
+            z, p = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+            t = (torch.stack([self.target(xv) for xv in x.split(b)])
+                 if self.target is not None else None)
+        else:
+            z, p = self.net(x)
+            z, p = z.view(v, b, -1), p.view(v, b, -1)
+            t = self.target(x).view(v, b, -1) if self.target is not None else None
+        z, p = z.float(), p.float()
+        return z, p, (t.float() if t is not None else z)
+
+    def compute_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of one step on (V·B, C, H, W) view-major views."""
+        z, p, t = self.forward_views(x)
+        b = z.shape[1]
         if self.gsg:  # distances on the targets, as the reference code measures them
             return self.loss_fn(t, p, t, random_partners(b, device=z.device))
         return self.loss_fn(p[0], p[1], t[0], t[1])

@@ -85,12 +85,13 @@ def build_report(run_path: str | Path) -> Path:
     d = cfg.model.proj_dim
 
     # ------------------------------------------------------------ setting
-    canvas = (f", each pasted at a fixed random position of a {cfg.data.canvas}×{cfg.data.canvas} "
-              "canvas" if cfg.data.canvas > 8 else "")
-    data_text = (f"scikit-learn digits (1,258 train / 539 test 8×8 images{canvas}) with fixed "
-                 "per-image Gaussian noise "
-                 f"of std {cfg.data.noise}; views: shifts ±{cfg.data.max_shift:.3g} of the size, "
-                 f"rotations ±15°, noise std {cfg.data.augment_noise}, random erasing, no flips"
+    geometric = (f"shifts ±{cfg.data.max_shift:.3g} of the size, rotations ±15° and random "
+                 f"erasing (strength {cfg.data.augment_strength:g}), then " if
+                 cfg.data.augment_strength > 0 else "")
+    data_text = ("scikit-learn digits (1,257 train / 540 test 8×8 images); kNN bank, probe and "
+                 f"test images carry one fixed draw of Gaussian noise of std {cfg.data.noise}; "
+                 f"each training view is the clean digit with {geometric}fresh Gaussian noise of "
+                 f"std {cfg.data.augment_noise} (no noise pattern is shared by two views)"
                  if cfg.data.name == "digits" else f"{cfg.data.name} from {cfg.data.root}")
     floor = ""
     if setting.get("raw_pixel_knn") is not None:
@@ -382,9 +383,10 @@ def _limits(cfg: GSGConfig, main_steps: int) -> str:
         f"encoder and {main_steps} optimiser steps per main run; absolute accuracies are not "
         "comparable with the paper's, the training is far shorter than the paper's 200–800 "
         f"epochs (differences that appear only late in training cannot show), and "
-        f"{len(cfg.experiments.seeds)} seeds only resolve differences of a point or two. The data are made harder on purpose (fixed "
-        "noise) so that accuracy is not saturated, which changes the task: the learned "
-        "invariance is mostly to noise, not to the crops and colour changes of natural images. "
+        f"{len(cfg.experiments.seeds)} seeds only resolve differences of a point or two. The data are made harder on purpose (heavy "
+        "pixel noise) so that accuracy is not saturated, which changes the task: the learned "
+        "invariance is to noise (denoising), not to the crops and colour changes of natural "
+        "images. "
         "A negative or inconclusive verdict here is evidence about this setting only; the "
         "`paper` config runs the same code on CIFAR-10.")
 
