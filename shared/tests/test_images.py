@@ -172,3 +172,53 @@ def test_tensor_batches_set_epoch_replays_that_epoch():
     assert [_indices(b) for b in resumed] == epochs[2]
     resumed.set_epoch(0)
     assert [_indices(b) for b in resumed] == epochs[0]
+
+
+def test_noisy_digits_fixed_noise_disjoint_splits_and_exact_long_tail():
+    from reprokit.data.images import long_tailed_counts, noisy_digits
+
+    a, b = noisy_digits(0.5), noisy_digits(0.5)
+    for x, y in ((a.bank, b.bank), (a.test, b.test), (a.train, b.train)):
+        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
+    clean_train, clean_test = load_digits()
+    assert torch.equal(a.train.images, clean_train.images)           # views start from clean digits
+    # the bank is the training digits under N(0, 0.5²) noise; the test set gets another draw
+    bank_noise = a.bank.images - clean_train.images
+    test_noise = a.test.images - clean_test.images
+    assert abs(bank_noise.std().item() - 0.5) < 0.01 and abs(bank_noise.mean().item()) < 0.01
+    assert abs(test_noise.std().item() - 0.5) < 0.02
+    assert not torch.equal(bank_noise[:100], test_noise[:100])
+    assert not torch.equal(noisy_digits(0.5, bank_seed=1).bank.images, a.bank.images)
+    # train and test are different handwritten digits: no test image equals a training image
+    flat_train, flat_test = clean_train.images.flatten(1), clean_test.images.flatten(1)
+    assert (torch.cdist(flat_test, flat_train).min(dim=1).values > 0).all()
+    assert torch.bincount(a.test.labels).tolist() == torch.bincount(clean_test.labels).tolist()
+
+    lt = noisy_digits(0.5, imbalance_ratio=10.0, n_per_class=100, subset_seed=3)
+    assert torch.bincount(lt.train.labels, minlength=10).tolist() == long_tailed_counts(10, 100, 10.0)
+    assert lt.bank.images.shape == lt.train.images.shape
+    assert torch.equal(lt.test.images, a.test.images)                 # one fixed test set
+    # the subset is a subset of the training digits, chosen by the seed
+    other = noisy_digits(0.5, imbalance_ratio=10.0, n_per_class=100, subset_seed=4)
+    assert not torch.equal(other.train.images, lt.train.images)
+    assert (torch.cdist(lt.train.images.flatten(1), flat_train).min(dim=1).values == 0).all()
+    with pytest.raises(ConfigError, match="requested"):
+        noisy_digits(0.5, n_per_class=500)
+    with pytest.raises(ConfigError, match="noise"):
+        noisy_digits(-1.0)
+
+
+def test_gaussian_noise_views_are_fresh_per_view():
+    from reprokit.data.augment import GaussianNoiseViews
+
+    x = torch.rand(512, 1, 8, 8)
+    views = GaussianNoiseViews(0.3)
+    a, b = views(x), views(x)
+    na, nb = (a - x).flatten(), (b - x).flatten()
+    assert abs(na.std().item() - 0.3) < 0.01
+    assert abs(torch.corrcoef(torch.stack([na, nb]))[0, 1].item()) < 0.02
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(views(x, g1), views(x, g2))
+    shifted = GaussianNoiseViews(0.0, TensorAugment(max_shift=0.25, max_rotation=0.0,
+                                                    noise_std=0.0, erase_prob=0.0))
+    assert not torch.equal(shifted(x), x) and torch.equal(GaussianNoiseViews(0.0)(x), x)

@@ -74,35 +74,25 @@ def test_split_file_errors_name_the_problem(tmp_path):
         SplitFileDataset(tmp_path, split)
 
 
-def test_long_tailed_scenes_are_a_subset_of_the_balanced_ones():
-    from balcon.data import ScenesData
-
-    balanced = ScenesData(long_tailed=False, imbalance_ratio=10.0, image_size=12)
-    lt = ScenesData(long_tailed=True, imbalance_ratio=10.0, image_size=12)
-    assert lt.train_counts() == long_tailed_counts(10, min(balanced.train_counts()), 10.0)
-    # training inputs are glyphs, the bank is a fixed rendering of the same instances
-    assert lt.train.images.shape[1:] == (1, 8, 8) and lt.bank.images.shape[1:] == (3, 12, 12)
+def test_noisy_digits_views_carry_fresh_noise_and_evaluation_fixed_noise():
+    lt = DigitsData(long_tailed=True, imbalance_ratio=10.0, view_noise=0.7, view_augment=0.0)
+    clean = DigitsData(long_tailed=True, imbalance_ratio=10.0)
+    assert lt.train_counts() == clean.train_counts()           # the same long-tailed digits
+    assert torch.equal(lt.train.images, clean.train.images)    # training inputs stay clean
     assert torch.equal(lt.bank.labels, lt.train.labels)
-    keep = long_tailed_indices(balanced.train.labels, 10.0, 0)
-    assert torch.equal(lt.bank.images, balanced.bank.images[keep])
-    assert torch.equal(lt.test.images, balanced.test.images)  # one fixed balanced test set
-    assert lt.input_shape == (3, 12, 12)
-    # views are fresh renderings: two draws of the same glyphs differ, one seed repeats
-    views = lt.augment(1.0)
-    a = views(lt.train.images[:8], generator=torch.Generator().manual_seed(1))
-    b = views(lt.train.images[:8], generator=torch.Generator().manual_seed(1))
-    c = views(lt.train.images[:8], generator=torch.Generator().manual_seed(2))
-    assert a.shape == (8, 3, 12, 12) and torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_shapes_long_tailed_subset_and_bias_views():
-    from balcon.data import ShapesData
-
-    lt = ShapesData(long_tailed=True, imbalance_ratio=4.0, image_size=12, train_per_class=20,
-                    test_per_class=3)
-    assert lt.train_counts() == long_tailed_counts(10, 20, 4.0)
-    assert lt.test.images.shape == (30, 3, 12, 12)
-    encoder = torch.nn.Flatten()
-    feats, labels = lt.view_features(encoder, 1.0, 3, "cpu", seed=0)
-    assert feats.shape == (3, 30, 3 * 12 * 12) and torch.equal(labels, lt.test.labels)
-    assert not torch.equal(feats[0], feats[1])  # each of the M views is its own draw
+    # the bank / test images are the clean digits plus one fixed N(0, 0.7²) draw
+    residual = lt.test.images - clean.test.images
+    assert 0.65 < residual.std() < 0.75 and abs(residual.mean()) < 0.02
+    assert torch.equal(lt.test.images, DigitsData(False, 10.0, view_noise=0.7).test.images)
+    # a view is clean digit + fresh noise of σ·strength: same seed, same view; else not
+    x = lt.train.images[:64]
+    views = lt.augment(0.5)
+    a = views(x, generator=torch.Generator().manual_seed(1))
+    b = views(x, generator=torch.Generator().manual_seed(1))
+    c = views(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.32 < (a - x).std() < 0.38
+    # the prototype bias draws views around the clean test digits
+    feats, labels = lt.view_features(torch.nn.Flatten(), 1.0, 2, "cpu", seed=0)
+    assert feats.shape == (2, 540, 64) and torch.equal(labels, clean.test.labels)
+    assert 0.65 < (feats[0] - clean.test.images.flatten(1)).std() < 0.75

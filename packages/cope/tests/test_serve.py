@@ -192,6 +192,8 @@ def test_code_requests_vote_on_their_tests(served):
     choice = resp.model_extra["cope"]["choices"][0]
     assert resp.model_extra["cope"]["task_type"] == "code"
     assert choice["settled_stage"] == 1 and "def add" in resp.choices[0].message.content
+    sent = [p for prompts, _ in service.engine.backends["small"].calls for p in prompts]
+    assert sent and all("Python function" in p and "Answer: <number>" not in p for p in sent)
 
 
 def test_ten_concurrent_requests_are_batched(served):

@@ -27,12 +27,12 @@ def test_a_good_file_loads_every_field(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("[1, 2]", "expected a JSON object, got list"),
-    ("null", "expected a JSON object, got NoneType"),
+    ("[1, 2]", "expected a JSON object, got an array"),
+    ("null", "expected a JSON object, got null"),
     ("{not json", "not valid JSON"),
     ({"id": "p1", "question": "again", "answer": "6"}, "duplicate id 'p1' (first on line 1)"),
     ({"id": "c2", "task_type": "code", "question": "q", "tests": "assert f()"},
-     "tests must be a list of non-empty strings"),
+     "tests must be a list of non-empty strings (assert statements), got a string"),
     ({"id": "m2", "question": "What is 1+1?"}, "a math task needs an answer"),
     ({"id": "x", "task_type": "essay", "question": "q", "answer": "1"},
      "task_type must be one of math, code, got 'essay'"),

@@ -3,8 +3,7 @@
 - ``resnet18_cifar``: ResNet-18 with the CIFAR stem (3×3 stride-1 first conv, no max-pool),
   as SimSiam/SimCLR use for 32-px images;
 - ``resnet50``: torchvision's ResNet-50 for ImageNet;
-- ``digits_mlp`` / ``digits_cnn``: small encoders for the 8×8 offline digits;
-- ``small_cnn``: a few 3×3 conv stages for the 16–32 px offline scenes (CPU budget).
+- ``digits_mlp`` / ``digits_cnn``: small encoders for the 8×8 offline digits.
 The classification head is removed: the module maps images to features.
 """
 
@@ -60,28 +59,8 @@ def digits_cnn(in_channels: int = 1, width: int = 32) -> tuple[nn.Module, int]:
     return net, 2 * width
 
 
-def small_cnn(in_channels: int = 3, width: int = 16, stages: int = 3,
-              blocks: int = 1) -> tuple[nn.Module, int]:
-    """`stages` × (3×3 conv, stride 2 except in the first stage; then `blocks` − 1 more
-    3×3 convs), each with BN and ReLU, widths doubling per stage; global average pooling.
-    Small enough for a CPU step of a few tens of ms on 16 px images (1 thread)."""
-    if stages < 1 or blocks < 1:
-        raise ConfigError("small_cnn: stages and blocks must be at least 1")
-    layers: list[nn.Module] = []
-    cin = in_channels
-    for i in range(stages):
-        cout = width * 2 ** i
-        for j in range(blocks):
-            stride = 2 if i > 0 and j == 0 else 1
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers), cin
-
-
 BACKBONES = {"resnet18_cifar": resnet18_cifar, "resnet50": resnet50,
-             "digits_mlp": digits_mlp, "digits_cnn": digits_cnn, "small_cnn": small_cnn}
+             "digits_mlp": digits_mlp, "digits_cnn": digits_cnn}
 
 
 def build_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:

@@ -15,15 +15,15 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from balcon.config import TrainConfig
+from balcon.config import TrainConfig, load
 from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule
-from balcon.config import load
-from reprokit.data.augment import TensorAugment, shapes_augment
+from reprokit.data.augment import TensorAugment
 from reprokit.data.images import TensorBatches
 from reprokit.errors import ConfigError
 from reprokit.runtime import setup
+
 
 def _inputs(cfg, n: int) -> tuple[torch.Tensor, object, tuple[int, int, int]]:
     """Training inputs of the config's shape, the config's training augmentation, and the
@@ -36,14 +36,7 @@ def _inputs(cfg, n: int) -> tuple[torch.Tensor, object, tuple[int, int, int]]:
 
         augment = build_data(cfg.data, long_tailed=False).augment(strength)
         return torch.rand(n, 1, 8, 8, generator=gen), augment, (1, 8, 8)
-    if name == "scenes":  # glyphs in, fresh renderings out: the renderer is the augmentation
-        from reprokit.data.scenes import DigitScenes
-
-        renderer = DigitScenes(size=size, **{**cfg.data.render, "strength": strength})
-        return torch.rand(n, 1, 8, 8, generator=gen), renderer, (3, size, size)
     images = torch.rand(n, 3, size, size, generator=gen)
-    if name == "shapes":
-        return images, shapes_augment(strength), (3, size, size)
     # natural images are augmented per image by the loader: time the batched stand-in
     return images, TensorAugment(flip=True, brightness=0.4, contrast=0.4), (3, size, size)
 

@@ -81,7 +81,7 @@ def reproduce(args) -> int:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     cfg = load(args.scale, overrides)
     # Tiny models run fastest on one thread; several threads only add contention.
-    threads = args.threads or (1 if cfg.data.name in ("digits", "scenes", "shapes") else None)
+    threads = args.threads or (1 if cfg.data.name == "digits" else None)
     runtime = setup(args.accelerator, cfg.train.precision, threads=threads)
     # Under DDP, Lightning re-runs this command once per extra rank (LOCAL_RANK set): those
     # processes join the training of each arm and write nothing; rank 0 owns the run folder,

@@ -8,12 +8,12 @@ from pathlib import Path
 from reprokit.config import load_config, scale_config_path
 from reprokit.errors import ConfigError
 
-DATASETS = ("digits", "scenes", "shapes", "cifar10", "cifar100", "imagenet_lt")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet_lt")
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"              # digits | scenes | shapes | cifar10 | cifar100 | imagenet_lt
+    name: str = "digits"              # digits | cifar10 | cifar100 | imagenet_lt
     root: str = "data"                # folder of CIFAR / ImageNet (unused for digits)
     download: bool = False            # CIFAR only, needs the network
     imbalance_ratio: float = 10.0     # ρ = n_head / n_tail of the long-tailed training set
@@ -22,10 +22,7 @@ class DataConfig:
     view_noise: float = 0.0           # digits: σ of fresh per-view pixel noise (fixed noise on
                                       # the evaluation images); 0 = the plain digits setting
     view_augment: float = 1.0         # digits with view_noise: digits_augment strength factor
-    image_size: int = 32              # natural images: crop size; scenes/shapes: canvas
-    train_per_class: int = 500        # shapes: balanced training images per class (= n_max)
-    test_per_class: int = 200         # shapes: test images per class
-    render: dict = field(default_factory=dict)  # scenes/shapes: renderer kwargs (noise, ...)
+    image_size: int = 32              # natural images: crop size
     train_split_file: str = "ImageNet_LT_train.txt"   # imagenet_lt: relative to root
     test_split_file: str = "ImageNet_LT_test.txt"
     num_workers: int = 0

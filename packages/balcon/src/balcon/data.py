@@ -1,4 +1,4 @@
-"""Datasets: balanced and long-tailed digits and procedural shapes (offline), CIFAR (local/online), ImageNet-LT.
+"""Datasets: balanced and long-tailed (noisy) digits (offline), CIFAR (local/online), ImageNet-LT.
 
 Long-tailed subsets follow the usual CIFAR-LT recipe (Cui et al., 2019): class c (in label
 order, c = 0 the head) keeps
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from reprokit.data.images import TensorSplit, long_tailed_counts
+from reprokit.data.images import long_tailed_counts
 from reprokit.errors import ConfigError, DatasetError
 
 
@@ -216,142 +216,48 @@ class InMemoryData:
         return self.test.images, self.test.labels
 
 
-BANK_NOISE_SEED, TEST_NOISE_SEED = 1000, 12345  # the fixed noise of the evaluation images
-
-
-class NoisyViews:
-    """A training view: an optional batched augmentation, then fresh Gaussian pixel noise of
-    std `sigma · strength` (not clipped: the noise is the nuisance, not a pixel range)."""
-
-    def __init__(self, sigma: float, strength: float, augment=None):
-        self.sigma, self.strength, self.augment = sigma, strength, augment
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.augment is not None:
-            x = self.augment(x, generator=generator)
-        if self.sigma * self.strength <= 0:
-            return x
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        return x + noise * (self.sigma * self.strength)
-
-
 class DigitsData(InMemoryData):
     """scikit-learn digits, balanced or long-tailed training set, balanced test set.
 
-    With ``view_noise`` σ > 0 the nuisance is pixel noise drawn per view: a training view is
-    the clean digit plus fresh noise (after ``digits_augment`` at ``view_augment`` × the
-    strength, if > 0), and the evaluation images (kNN bank / probe set and test set) carry one
-    fixed noise draw each. Raw pixels and a random encoder then see mostly noise, and what
-    two views share is the digit: a representation has to learn to ignore the noise."""
+    With ``view_noise`` σ > 0 it is reprokit's ``noisy_digits``: the nuisance is Gaussian
+    pixel noise drawn per view — a training view is the clean digit plus fresh noise
+    (``GaussianNoiseViews``, after ``digits_augment`` at ``view_augment`` × the strength if
+    that is > 0), while the kNN bank / probe set and the test set carry one fixed noise draw
+    each. Raw pixels and a random encoder then see mostly noise, and what two views share is
+    the digit: a representation has to learn to see through the noise."""
 
     def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
                  test_fraction: float = 0.3, view_noise: float = 0.0,
                  view_augment: float = 1.0):
-        from reprokit.data.images import load_digits
+        from reprokit.data.images import load_digits, noisy_digits
 
-        train, test = load_digits(test_fraction=test_fraction)
         self.view_noise, self.view_augment = view_noise, view_augment
-        bank = train
-        if view_noise > 0:
-            bank = TensorSplit(_noisy(train.images, view_noise, BANK_NOISE_SEED), train.labels)
-            self.clean_test = test
-            test = TensorSplit(_noisy(test.images, view_noise, TEST_NOISE_SEED), test.labels)
-        keep = (long_tailed_indices(train.labels, imbalance_ratio, lt_seed) if long_tailed
-                else torch.arange(len(train.labels)))
-        self.train, self.test, self.bank = train.subset(keep), test, bank.subset(keep)
+        if view_noise <= 0:
+            super().__init__(*load_digits(test_fraction=test_fraction), long_tailed,
+                             imbalance_ratio, lt_seed)
+            return
+        if test_fraction != 0.3:
+            raise ConfigError("data.test_fraction: noisy digits use the fixed 70/30 split")
+        d = noisy_digits(view_noise, imbalance_ratio=imbalance_ratio if long_tailed else 1.0,
+                         subset_seed=lt_seed)
+        self.train, self.bank, self.test = d.train, d.bank, d.test
+        self.clean_test = load_digits()[1]
 
     def augment(self, strength: float):
-        from reprokit.data.augment import digits_augment
+        from reprokit.data.augment import GaussianNoiseViews, digits_augment
 
         if self.view_noise <= 0:
             return digits_augment(strength)
-        geometric = (digits_augment(strength * self.view_augment)
-                     if self.view_augment > 0 else None)
-        if geometric is not None:
-            geometric.noise_std = 0.0  # the per-view noise below is the noise
-        return NoisyViews(self.view_noise, strength, geometric)
+        geometric = None
+        if self.view_augment > 0 and strength > 0:
+            geometric = digits_augment(strength * self.view_augment)
+            geometric.noise_std = 0.0  # the per-view Gaussian noise is the noise
+        return GaussianNoiseViews(std=self.view_noise * strength, augment=geometric)
 
     def view_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # a test image's views are drawn around the clean digit (its surrogate prototype)
+        # a test image's views are drawn around its clean digit (the surrogate prototype)
         test = getattr(self, "clean_test", self.test)
         return test.images, test.labels
-
-
-def _noisy(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    return images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-
-
-class ShapesData(InMemoryData):
-    """reprokit's procedural shapes (RGB, one shape class per image on a textured,
-    cluttered background, every nuisance drawn per image). The long-tailed training set is a
-    deterministic subset of the balanced one (the CIFAR-LT recipe), so the two variants
-    differ only in which images they keep; the test set is the fixed balanced one."""
-
-    in_channels = 3
-
-    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
-                 image_size: int = 32, train_per_class: int = 500, test_per_class: int = 200,
-                 render: dict | None = None):
-        from reprokit.data.shapes import load_shapes
-
-        train, test = load_shapes(train_per_class, test_per_class, size=image_size,
-                                  **(render or {}))
-        self.num_classes = int(train.labels.max()) + 1
-        super().__init__(train, test, long_tailed, imbalance_ratio, lt_seed)
-
-    def augment(self, strength: float):
-        from reprokit.data.augment import shapes_augment
-
-        return shapes_augment(strength)
-
-
-class ScenesData(InMemoryData):
-    """reprokit's digit scenes: the 8×8 handwritten digits re-rendered on textured, cluttered
-    RGB canvases with every nuisance resampled per rendering. Training inputs are the glyphs
-    and a training view is a fresh rendering (the "augmentation" is the renderer, its
-    `strength` the nuisance range); the kNN bank / probe use one fixed rendering of the
-    training instances, the test set one of the held-out instances (on texture rows no
-    training rendering uses). The long-tailed set is a subset of the balanced one; both share
-    the bank rendering of the instances they keep. A test image's views for the prototype
-    bias are fresh renderings of its glyph on the held-out texture rows."""
-
-    in_channels = 3
-
-    def __init__(self, long_tailed: bool, imbalance_ratio: float, lt_seed: int = 0,
-                 image_size: int = 16, render: dict | None = None):
-        from reprokit.data.scenes import DigitScenes, load_digit_scenes
-
-        self.render_kwargs = dict(render or {})
-        scenes = load_digit_scenes(DigitScenes(size=image_size, **self.render_kwargs))
-        glyphs = TensorSplit(scenes.glyphs, scenes.labels)
-        keep = (long_tailed_indices(scenes.labels, imbalance_ratio, lt_seed) if long_tailed
-                else torch.arange(len(scenes.labels)))
-        self.train, self.test = glyphs.subset(keep), scenes.test
-        self.bank = scenes.bank.subset(keep)
-        self.test_glyphs, self.image_size = scenes.test_glyphs, image_size
-
-    def augment(self, strength: float):
-        from reprokit.data.scenes import DigitScenes
-
-        return DigitScenes(size=self.image_size, **{**self.render_kwargs, "strength": strength})
-
-    def view_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.test_glyphs, self.test.labels
-
-    @torch.no_grad()
-    def view_features(self, encoder, strength: float, m_max: int, device, seed: int,
-                      max_images: int = 0):
-        from reprokit.data.shapes import TEST_REGION
-        from reprokit.evaluation import extract_features
-
-        glyphs, labels = self.view_sources()
-        if max_images:
-            glyphs, labels = glyphs[:max_images], labels[:max_images]
-        renderer = self.augment(strength)
-        gen = torch.Generator().manual_seed(seed)
-        views = [extract_features(encoder, renderer.render(glyphs, gen, TEST_REGION)[0],
-                                  device=device) for _ in range(m_max)]
-        return torch.stack(views), labels
 
 
 class NaturalImageData:
@@ -463,12 +369,6 @@ def build_data(cfg, long_tailed: bool):
     if cfg.name == "digits":
         return DigitsData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.test_fraction,
                           cfg.view_noise, cfg.view_augment)
-    if cfg.name == "scenes":
-        return ScenesData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.image_size,
-                          cfg.render)
-    if cfg.name == "shapes":
-        return ShapesData(long_tailed, cfg.imbalance_ratio, cfg.lt_seed, cfg.image_size,
-                          cfg.train_per_class, cfg.test_per_class, cfg.render)
     return NaturalImageData(cfg.name, cfg.root, long_tailed, cfg.imbalance_ratio, cfg.lt_seed,
                             cfg.image_size, cfg.download, cfg.train_split_file,
                             cfg.test_split_file, cfg.num_workers)

@@ -171,12 +171,6 @@ def write_report(run: RunDir) -> Path:
                 + "; the kNN bank / probe set and the test set carry one fixed noise draw each, "
                 "and a test image's views for the prototype bias are drawn around its clean "
                 "digit")
-    elif cfg["data"]["name"] in ("scenes", "shapes"):
-        setting.append(
-            f"- {cfg['data']['name']}: reprokit.data.{cfg['data']['name']} at "
-            f"{cfg['data']['image_size']} px, long-tailed training set with imbalance ratio "
-            f"ρ = {cfg['data']['imbalance_ratio']:g} (a subset of the balanced one); the test "
-            "set stays balanced")
     for v, b in baselines.items():
         rand = [r for r in b.get("random", {}).values()]
         raw = b.get("raw")

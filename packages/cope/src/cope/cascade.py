@@ -298,7 +298,8 @@ def _plan(method: MethodConfig, stage: StageConfig, index: int, active: list[Pro
             if not (method.reuse_plans and len(st.plans.get(stage.planner, [])) >= stage.plans)]
     large = engine.paid(stage.planner)
     calls = [Call(stage.planner, "plan",
-                  with_context(plan_prompt(prompts, st.problem.question, large),
+                  with_context(plan_prompt(prompts.for_task(st.problem.task_type),
+                                           st.problem.question, large),
                                st.problem.context),
                   stage.plans, stage.plan_temperature, limits.plan_max_tokens,
                   tuple(limits.plan_stop), slot=COPY_SLOTS * st.problem.copy) for st in need]
@@ -321,8 +322,9 @@ def _execute(method: MethodConfig, stage: StageConfig, index: int, active: list[
         plans = st.plans.get(stage.planner, [])[:stage.plans] if stage.planner else []
         if stage.planner and not plans:  # the planner failed: execute without a plan
             plans = [""]
-        messages_list = ([execute_prompt(prompts, q, p) for p in plans] if stage.planner
-                         else [direct_prompt(prompts, q)])
+        templates = prompts.for_task(st.problem.task_type)  # math and code differ
+        messages_list = ([execute_prompt(templates, q, p) for p in plans] if stage.planner
+                         else [direct_prompt(templates, q)])
         for plan_index, messages in enumerate(messages_list):
             calls.append(Call(stage.executor, "execute",
                               with_context(messages, st.problem.context),

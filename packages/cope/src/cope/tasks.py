@@ -154,9 +154,16 @@ def load_task_file(path: str | Path, max_errors: int = 10) -> list[Problem]:
     return problems
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, as the user wrote it (null, not NoneType)."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _parse_task(row: Any, line_no: int) -> Problem:
     if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        raise ValueError(f"expected a JSON object, got {_json_type(row)}")
     unknown = sorted(set(row) - {"id", "question", "answer", "task_type", "tests"})
     if unknown:
         raise ValueError(f"unknown field(s) {unknown}; known: id, question, answer, "
@@ -177,7 +184,7 @@ def _parse_task(row: Any, line_no: int) -> Problem:
     tests = row.get("tests", [])
     if not isinstance(tests, list) or not all(isinstance(t, str) and t.strip() for t in tests):
         raise ValueError(f"tests must be a list of non-empty strings (assert statements), "
-                         f"got {type(tests).__name__}")
+                         f"got {_json_type(tests)}")
     if task_type == "code" and not tests:
         raise ValueError("a code task needs tests (a list of assert statements)")
     if task_type == "math" and tests:
@@ -212,9 +219,34 @@ def _load_hub(cfg: DataConfig) -> list[Problem]:
 
 
 @dataclass
+class CodePrompts:
+    """The templates of code problems ({question}, {plan}); examples as in PromptConfig.
+
+    A code answer is a program, so the executions ask for a Python function in one code
+    block (what `extract_code` reads) and the plans ask for an approach, not code.
+    """
+
+    direct: str = ("Write a Python function for this task. Reply with the whole function "
+                   "(with its imports and any helper it uses) in one ```python code block."
+                   "\nTask: {question}")
+    plan_small: str = ("Write a one-sentence plan for a Python function that solves this task. "
+                       "Do not write code.\nTask: {question}")
+    plan_large: str = ("Write a short plan (one or two sentences) for a Python function that "
+                       "solves this task. Do not write code.\nTask: {question}")
+    execute: str = ("Task: {question}\nPlan: {plan}\nFollow the plan: write the Python "
+                    "function, with its imports and any helper it uses, in one ```python "
+                    "code block.")
+    examples: list[dict] = field(default_factory=list)
+    system: str = ""
+
+
+@dataclass
 class PromptConfig:
     """Templates ({question}, {plan}) and worked examples shown as earlier chat turns.
 
+    The top-level templates are for math problems; ``code`` holds those of code problems
+    (``prompts.code.execute`` etc.), each task type with its own defaults, so a code
+    problem is never asked to "End with 'Answer: <number>'".
     Small and large planners get their own templates (the paper tunes them separately).
     Each example: {"question", "plan", "solution"}; `solution` ends with the answer line.
     """
@@ -230,9 +262,21 @@ class PromptConfig:
     # A short system message (replacing a chat template's default one: prompt tokens are
     # most of the compute for short answers on CPU); "" keeps the template's default.
     system: str = ""
+    code: CodePrompts = field(default_factory=CodePrompts)
+
+    def for_task(self, task_type: str) -> PromptConfig | CodePrompts:
+        """The templates of one task type (both kinds have the same fields)."""
+        if task_type == "code":
+            return self.code
+        if task_type == "math":
+            return self
+        raise ConfigError(f"task type must be math or code, got {task_type!r}")
 
 
-def _system(cfg: PromptConfig) -> list[Message]:
+Templates = PromptConfig | CodePrompts
+
+
+def _system(cfg: Templates) -> list[Message]:
     return [{"role": "system", "content": cfg.system}] if cfg.system else []
 
 
@@ -245,18 +289,18 @@ def _turns(examples: Sequence[dict], user: str, reply: str, **extra: str) -> lis
     return messages
 
 
-def direct_prompt(cfg: PromptConfig, question: str) -> list[Message]:
+def direct_prompt(cfg: Templates, question: str) -> list[Message]:
     return (_system(cfg) + _turns(cfg.examples, cfg.direct, "solution")
             + [{"role": "user", "content": cfg.direct.format(question=question)}])
 
 
-def plan_prompt(cfg: PromptConfig, question: str, large: bool) -> list[Message]:
+def plan_prompt(cfg: Templates, question: str, large: bool) -> list[Message]:
     template = cfg.plan_large if large else cfg.plan_small
     return (_system(cfg) + _turns(cfg.examples, template, "plan")
             + [{"role": "user", "content": template.format(question=question)}])
 
 
-def execute_prompt(cfg: PromptConfig, question: str, plan: str) -> list[Message]:
+def execute_prompt(cfg: Templates, question: str, plan: str) -> list[Message]:
     return (_system(cfg) + _turns(cfg.examples, cfg.execute, "solution")
             + [{"role": "user", "content": cfg.execute.format(question=question,
                                                                plan=plan.strip())}])

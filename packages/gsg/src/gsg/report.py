@@ -167,8 +167,17 @@ def build_report(run_path: str | Path) -> Path:
             base_l, gsg_l = knn_at(fam, large), knn_at(f"{fam}_gsg", large)
             base_drop = [base_l[s] - base_s[s] for s in base_s if s in base_l]
             gsg_drop = [gsg_l[s] - gsg_s[s] for s in gsg_s if s in gsg_l]
-            parts += [compare(list(gsg_s.values()), list(base_s.values())),
-                      compare(base_drop, gsg_drop, margin=0.0)]
+            small_parts = [compare(list(gsg_s.values()), list(base_s.values()),
+                                   label=f"{LABELS[fam]} kNN at batch {small}, GSG − base"),
+                           compare(base_drop, gsg_drop, margin=0.0,
+                                   label=f"{LABELS[fam]} drop, base − GSG")]
+            floor = _floor(setting, "knn")
+            if floor is not None:   # a baseline at the floor learned nothing to compare with
+                gate = signal_gate(list(base_s.values()), floor,
+                                   label=f"{LABELS[fam]} kNN at batch {small}, base − floor "
+                                   f"{fmt(floor)}")
+                small_parts = [gate.guard(p) for p in small_parts]
+            parts += small_parts
             n_div = sum(results[k]["diverged"] for k in sweep if k in results
                         and results[k]["method"].startswith(fam))
             text.append(f"{LABELS[fam]} kNN at batch {small}: {_s(base_s.values())} → +GSG "

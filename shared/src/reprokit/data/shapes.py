@@ -138,95 +138,6 @@ def _background_bank(side: int = 128) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _uniform(g: torch.Generator):
-    def u(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape, generator=g)
-    return u
-
-
-def pixel_grid(size: int) -> torch.Tensor:
-    """(H, W, 2) pixel centres (x, y) in [-1, 1], y pointing up."""
-    lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
-    yy, xx = torch.meshgrid(-lin, lin, indexing="ij")
-    return torch.stack([xx, yy], -1)
-
-
-def textured_background(n: int, size: int, g: torch.Generator, region: tuple[float, float],
-                        texture_contrast: tuple[float, float] = (0.1, 0.35)):
-    """(N, 3, H, W) backgrounds: a rotated, scaled crop of a bundled image, tinted between two
-    colours; crops come from the rows `region` of every image. Returns (backgrounds, base
-    colours (N, 3), texture ids (N,), texture contrasts (N,))."""
-    u = _uniform(g)
-    bank = _background_bank()
-    tex_id = torch.randint(0, bank.shape[0], (n,), generator=g)
-    zoom = u(0.15, 0.4, n)                                             # crop side / image side
-    tex_angle = u(0, 2 * math.pi, n)
-    lo, hi = region
-    # crop centre: x anywhere, y inside the region's rows (grid_sample's y runs top to bottom)
-    cx = u(-1 + zoom, 1 - zoom, n)
-    y_lo, y_hi = 2 * lo - 1 + zoom, 2 * hi - 1 - zoom
-    cy = y_lo + (y_hi - y_lo).clamp(min=0) * torch.rand(n, generator=g)
-    tc, ts = torch.cos(tex_angle) * zoom, torch.sin(tex_angle) * zoom
-    # a rotation of at most `zoom`·√2 around the centre stays within the region (nearly)
-    theta = torch.stack([torch.stack([tc, -ts, cx], 1), torch.stack([ts, tc, cy], 1)], 1)
-    tex_grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
-    texture = torch.empty(n, size, size)
-    for t in range(bank.shape[0]):
-        sel = tex_id == t
-        if sel.any():
-            texture[sel] = F.grid_sample(bank[t].expand(int(sel.sum()), 1, -1, -1).contiguous(),
-                                         tex_grid[sel], mode="bilinear", padding_mode="reflection",
-                                         align_corners=False)[:, 0]
-    contrast = u(*texture_contrast, n)
-    bg_color = u(0, 1, n, 3)
-    bg_tint = u(-1, 1, n, 3)
-    background = (bg_color[:, :, None, None]
-                  + (contrast[:, None] * bg_tint)[:, :, None, None] * texture[:, None])
-    return background, bg_color, tex_id, contrast
-
-
-def foreground_colors(bg_color: torch.Tensor, g: torch.Generator,
-                      min_distance: float = 0.45) -> torch.Tensor:
-    """(N, 3) random colours at least `min_distance` from each background colour (RGB)."""
-    fg_color = torch.rand(bg_color.shape, generator=g)
-    for _ in range(8):
-        close = (fg_color - bg_color).norm(dim=1) < min_distance
-        if not close.any():
-            break
-        fg_color[close] = torch.rand(int(close.sum()), 3, generator=g)
-    close = (fg_color - bg_color).norm(dim=1) < min_distance
-    fg_color[close] = 1 - bg_color[close].round()                    # a far corner of the cube
-    return fg_color
-
-
-def draw_clutter(images: torch.Tensor, grid: torch.Tensor, g: torch.Generator,
-                 count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `count` thin strokes and small blobs in random colours over `images` (N, 3, H, W);
-    returns (images, clutter coverage (N, H, W))."""
-    u = _uniform(g)
-    n, _, size, _ = images.shape
-    px = 2.0 / size
-    clutter_mask = torch.zeros(n, size, size)
-    for _ in range(count):
-        present = (torch.rand(n, generator=g) < 0.7).float()
-        col = u(0, 1, n, 3)
-        if torch.rand(1, generator=g).item() < 0.5:              # a stroke: a short thick segment
-            a, b = u(-1, 1, n, 2), u(-1, 1, n, 2)
-            b = a + (b - a) * 0.5
-            ab = (b - a)[:, None, None, :]
-            ap = grid[None] - a[:, None, None, :]
-            t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-6)).clamp(0, 1)
-            dist = (ap - ab * t[..., None]).norm(dim=-1) - u(0.5, 1.0, n)[:, None, None] * px
-        else:                                                    # a blob
-            c = u(-1, 1, n, 2)
-            dist = ((grid[None] - c[:, None, None, :]).norm(dim=-1)
-                    - u(0.06, 0.14, n)[:, None, None])
-        m = (0.5 - dist / px).clamp(0, 1) * present[:, None, None]
-        images = images * (1 - m[:, None]) + col[:, :, None, None] * m[:, None]
-        clutter_mask = torch.maximum(clutter_mask, m)
-    return images, clutter_mask
-
-
 @dataclass(frozen=True)
 class ShapeSplit(TensorSplit):
     """Images (N, 3, H, W) in [0, 1], labels (N,), the shape masks (N, H, W) in [0, 1] and the
@@ -263,7 +174,10 @@ def render_shapes(labels: torch.Tensor, size: int = 32, seed: int = 0,
     def u(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(*shape, generator=g)
 
-    grid = pixel_grid(size)                                            # (H, W, 2)
+    # pixel centres in [-1, 1]
+    lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    yy, xx = torch.meshgrid(-lin, lin, indexing="ij")
+    grid = torch.stack([xx, yy], -1)                                   # (H, W, 2)
     px = 2.0 / size                                                    # pixel width
 
     # --- the shape: scale, rotation, position, colour
@@ -282,14 +196,66 @@ def render_shapes(labels: torch.Tensor, size: int = 32, seed: int = 0,
             sdf[sel] = shape_sdf(name, local[sel]) * scale[sel, None, None]
     mask = (0.5 - sdf / px).clamp(0, 1)                                # anti-aliased coverage
 
-    background, bg_color, tex_id, contrast = textured_background(n, size, g, region,
-                                                                 texture_contrast)
-    fg_color = foreground_colors(bg_color, g, min_color_distance)
+    # --- background: a rotated, scaled crop of a bundled image, tinted between two colours
+    bank = _background_bank()
+    tex_id = torch.randint(0, bank.shape[0], (n,), generator=g)
+    zoom = u(0.15, 0.4, n)                                             # crop side / image side
+    tex_angle = u(0, 2 * math.pi, n)
+    lo, hi = region
+    # crop centre: x anywhere, y inside the region's rows (grid_sample's y runs top to bottom)
+    cx = u(-1 + zoom, 1 - zoom, n)
+    y_lo, y_hi = 2 * lo - 1 + zoom, 2 * hi - 1 - zoom
+    cy = y_lo + (y_hi - y_lo).clamp(min=0) * torch.rand(n, generator=g)
+    tc, ts = torch.cos(tex_angle) * zoom, torch.sin(tex_angle) * zoom
+    # a rotation of at most `zoom`·√2 around the centre stays within the region (nearly)
+    theta = torch.stack([torch.stack([tc, -ts, cx], 1), torch.stack([ts, tc, cy], 1)], 1)
+    tex_grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    texture = torch.empty(n, size, size)
+    for t in range(bank.shape[0]):
+        sel = tex_id == t
+        if sel.any():
+            texture[sel] = F.grid_sample(bank[t].expand(int(sel.sum()), 1, -1, -1).contiguous(),
+                                         tex_grid[sel], mode="bilinear", padding_mode="reflection",
+                                         align_corners=False)[:, 0]
+    contrast = u(*texture_contrast, n)
+    bg_color = u(0, 1, n, 3)
+    bg_tint = u(-1, 1, n, 3)
+    background = (bg_color[:, :, None, None]
+                  + (contrast[:, None] * bg_tint)[:, :, None, None] * texture[:, None])
+
+    # foreground colour far enough from the background colour to be visible
+    fg_color = u(0, 1, n, 3)
+    for _ in range(8):
+        close = (fg_color - bg_color).norm(dim=1) < min_color_distance
+        if not close.any():
+            break
+        fg_color[close] = torch.rand(int(close.sum()), 3, generator=g)
+    close = (fg_color - bg_color).norm(dim=1) < min_color_distance
+    fg_color[close] = 1 - bg_color[close].round()                    # a far corner of the cube
     shade = 1 + 0.15 * (local[..., 0] * u(-1, 1, n)[:, None, None]
                         + local[..., 1] * u(-1, 1, n)[:, None, None])  # soft lighting gradient
     foreground = fg_color[:, :, None, None] * shade[:, None]
     images = background * (1 - mask[:, None]) + foreground * mask[:, None]
-    images, clutter_mask = draw_clutter(images, grid, g, clutter)
+
+    # --- clutter: thin strokes and small blobs in random colours, drawn over everything
+    clutter_mask = torch.zeros(n, size, size)
+    for _ in range(clutter):
+        present = (torch.rand(n, generator=g) < 0.7).float()
+        col = u(0, 1, n, 3)
+        if torch.rand(1, generator=g).item() < 0.5:              # a stroke: a short thick segment
+            a, b = u(-1, 1, n, 2), u(-1, 1, n, 2)
+            b = a + (b - a) * 0.5
+            ab = (b - a)[:, None, None, :]
+            ap = grid[None] - a[:, None, None, :]
+            t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-6)).clamp(0, 1)
+            dist = (ap - ab * t[..., None]).norm(dim=-1) - u(0.5, 1.0, n)[:, None, None] * px
+        else:                                                    # a blob
+            c = u(-1, 1, n, 2)
+            dist = ((grid[None] - c[:, None, None, :]).norm(dim=-1)
+                    - u(0.06, 0.14, n)[:, None, None])
+        m = (0.5 - dist / px).clamp(0, 1) * present[:, None, None]
+        images = images * (1 - m[:, None]) + col[:, :, None, None] * m[:, None]
+        clutter_mask = torch.maximum(clutter_mask, m)
 
     if noise > 0:
         images = images + noise * torch.randn(images.shape, generator=g)
