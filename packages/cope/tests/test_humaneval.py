@@ -80,3 +80,21 @@ def test_mix_labels_parts_and_keeps_calibration_disjoint():
     assert held_out and all(p.question not in evaluated for p in held_out)
     with pytest.raises(ConfigError, match="same problem ids"):
         load_mix([parts[0], parts[0]], 7, load_problems)
+
+
+def test_cpu_config_mix_has_a_disjoint_held_out_slice():
+    from cope import models
+    from cope.config import load
+
+    cfg = load("cpu")
+    problems = load_problems(cfg.data)
+    evaluated = [p for p in problems if not is_calibration(p.id)]
+    held_out = [p for p in problems if is_calibration(p.id)]
+    assert evaluated and held_out
+    assert not {p.question for p in evaluated} & {p.question for p in held_out}
+    assert {p.task_type for p in evaluated} == {"math", "code"}
+    for m in cfg.models:  # the pair comes from the registry, and only the large one is paid
+        assert m["model"].removeprefix("registry:") in models.REGISTRY
+    roster = cfg.roster()
+    assert not roster["small"].paid and roster["large"].paid
+    assert "cope@t=1.01" in [m.name for m in cfg.method_list()]  # full-information records

@@ -1,6 +1,7 @@
 """`cope serve` through the official openai client, against servers the tests start on
 127.0.0.1 and stop; scripted small/large models, so every test runs in seconds."""
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +157,7 @@ def test_max_tokens_temperature_stop_and_n_are_honoured(served):
      400, "only text parts"),
     ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, 400, "tool"),
     ({"model": "cope:code"}, 400, "needs tests"),
+    ({"messages": [{"role": "user", "content": "  "}]}, 400, "last user message is empty"),
     ({"task_type": "poetry"}, 400, "task_type"),
     ({"frobnicate": 1}, 400, "unsupported field"),
 ])
@@ -269,6 +271,14 @@ def test_serve_cli_checks_options_before_models_load(monkeypatch, capsys):
     assert "--method must be one of" in capsys.readouterr().err
     assert main(["serve", "--scale", "smoke", "--task-type", "essay"]) == 2
     assert "--task-type" in capsys.readouterr().err
+    assert main(["serve", "--scale", "smoke", "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+    with socket.socket() as taken:  # another server already listens on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--scale", "smoke", "--port", str(port)]) == 2
+    assert f"--port {port}: cannot listen there" in capsys.readouterr().err
 
 
 def test_the_model_server_streams_too():

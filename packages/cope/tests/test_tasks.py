@@ -93,3 +93,20 @@ def test_help_documents_the_task_file_format(command, capsys):
     for needle in ('"task_type": "code"', "tests (code only", "answer (required for math",
                    "--tasks FILE", "data.limit", "FILE:LINE", "sha256"):
         assert needle in text, needle
+
+
+def test_the_documented_examples_are_valid_task_files(tmp_path):
+    """The README's and --help's example lines, copied into a file as a user would."""
+    import re
+    from pathlib import Path
+
+    from cope.cli import TASK_FILE_HELP
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Your own problems: task files")[1]
+    block = re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1)
+    problems = load_task_file(write(tmp_path / "readme.jsonl", block.splitlines()))
+    assert [p.task_type for p in problems] == ["math", "math", "code"]
+    shown = [ln.strip() for ln in TASK_FILE_HELP.splitlines() if ln.strip().startswith("{")]
+    problems = load_task_file(write(tmp_path / "help.jsonl", shown))
+    assert [p.id for p in problems] == ["p1", "c1"] and problems[1].tests

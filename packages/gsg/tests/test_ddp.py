@@ -222,12 +222,13 @@ def test_ddp_two_cpu_processes_shard_sync_write_once_and_resume(tmp_path):
     assert p0 == p1 and p0["steps"] == ref["steps"]
     # consistent with the 1-process run: only batch-local statistics differ (BatchNorm and
     # GSG's partners per 128-image shard, each rank's view draws), so the results stay close
-    # (measured: epoch losses −0.0143/−0.0173 vs −0.0061/−0.0203, kNN 0.656 vs 0.665)
+    # (measured on the smoke digits: epoch losses −0.0104/−0.0282 vs −0.0116/−0.0341, kNN
+    # 0.298 vs 0.263 on 540 test images; the exact checks above and below are the sharp ones)
     ddp_loss = [h["loss"] for h in result_a["history"]]
     ref_loss = [h["loss"] for h in ref["history"]]
     assert [h["epoch"] for h in result_a["history"]] == [h["epoch"] for h in ref["history"]]
     assert all(abs(a - b) < 0.02 for a, b in zip(ddp_loss, ref_loss)), (ddp_loss, ref_loss)
-    assert abs(result_a["final"]["knn"] - ref["final"]["knn"]) < 0.05
+    assert abs(result_a["final"]["knn"] - ref["final"]["knn"]) < 0.1
 
     # only rank 0 wrote into the run folder (and the hook did see rank 0's writes)
     assert _writes(log_a, 1) == []

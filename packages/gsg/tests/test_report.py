@@ -10,6 +10,7 @@ from gsg.report import build_report
 from reprokit.config import to_dict
 
 SEEDS = [0, 1, 2, 3]
+NO_SIGNAL = "no signal: the baseline does not beat the floor"
 
 
 def _result(arm, knn: float, linear: float) -> dict:
@@ -52,9 +53,9 @@ def test_a_baseline_at_or_below_the_floor_leaves_the_claim_undecided(tmp_path, b
     # GSG's kNN is far above the baseline's, but the baseline is at the raw-pixel floor
     rows = _claim_rows(_run_folder(tmp_path, base_knn=base_knn, gsg_knn=0.9))
     assert len(rows) == 1
-    assert "**inconclusive**" in rows[0] and "no signal" in rows[0]
+    assert "**inconclusive**" in rows[0] and NO_SIGNAL in rows[0]
 
 
 def test_a_baseline_above_the_floor_lets_the_comparison_decide(tmp_path):
     rows = _claim_rows(_run_folder(tmp_path, base_knn=0.7, gsg_knn=0.9))
-    assert len(rows) == 1 and "**holds**" in rows[0] and "no signal" not in rows[0]
+    assert len(rows) == 1 and "**holds**" in rows[0] and NO_SIGNAL not in rows[0]

@@ -85,8 +85,10 @@ class BalancedContrastiveLoss(nn.Module):
         if self.include_positive:
             # λ·lse − α·pos = λ·(lse − pos) + (λ − α)·pos, and lse − pos is exactly PyTorch's
             # fused cross-entropy with the positive as the target (faster than logsumexp).
-            return (self.lam * F.cross_entropy(masked, positive)
-                    + (self.lam - self.alpha) * attract.mean())
+            ce = F.cross_entropy(masked, positive)
+            if self.lam == self.alpha:  # InfoNCE and its multiples: no extra attraction term
+                return self.lam * ce
+            return self.lam * ce + (self.lam - self.alpha) * attract.mean()
         return (self.lam * torch.logsumexp(masked, dim=1) - self.alpha * attract).mean()
 
     def _excluded(self, positive: torch.Tensor) -> torch.Tensor:

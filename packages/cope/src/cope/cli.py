@@ -16,8 +16,7 @@ from reprokit.runs import RunDir, default_run_name
 TASK_FILE_HELP = """task file (--tasks FILE, or --set data.source=jsonl --set data.path=FILE): one JSON
 object per line (blank lines skipped), e.g.
   {"id": "p1", "question": "What is 6 - 9 + 2?", "answer": "-1"}
-  {"id": "c1", "task_type": "code", "question": "Write add(a, b).",
-   "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
+  {"id": "c1", "task_type": "code", "question": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"]}
 fields: id (string or integer, unique; default: the line number), question (non-empty,
 required), answer (required for math: a number or expression), task_type (math | code,
 default math), tests (code only, required there: a list of assert statements; the first
@@ -222,6 +221,19 @@ def reproduce(args: argparse.Namespace) -> tuple[Path, list[str]]:
     return build_report(run.path.resolve()), failed_methods(run.path.resolve())
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there "
+                              f"({err.strerror or err})") from err
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -237,6 +249,10 @@ def serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--task-type must be math or code, got {args.task_type!r}")
     if args.max_pending < 1:
         raise ConfigError(f"--max-pending must be >= 1, got {args.max_pending}")
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise ConfigError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0, got "
+                          f"{args.max_batch} and {args.batch_wait_ms}")
+    _check_port(args.host, args.port)  # a taken port fails now, not after the models load
     _threads(cfg.threads)
     backends = build_backends(cfg.roster(), resolve_device(args.accelerator))
     try:

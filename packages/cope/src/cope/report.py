@@ -202,7 +202,8 @@ def build_report(run_path: str | Path) -> Path:
                      "voting, escalation, plan reuse, the cost ledger), not the paper's "
                      "accuracy/cost trade-off, which needs a genuinely stronger large model "
                      "(see README: vLLM on a GPU, or a hosted API).")
-    lines.append(f"- Budget cap per method: {cfg.budget_usd or 'none'} $ (applies to every "
+    cap = f"{cfg.budget_usd:g} $" if cfg.budget_usd else "none"
+    lines.append(f"- Budget cap per method: {cap} (applies to every "
                  "paid stage, the first one included; a stage already running finishes its "
                  f"batch); problems per batch: {cfg.chunk_size}.")
     lines.append(f"- Failed calls allowed before a method is not a measurement: "

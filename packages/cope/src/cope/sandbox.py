@@ -26,10 +26,13 @@ prints it):
 What is not isolated: without namespaces the candidate can read any file the user can,
 write wherever the user can, see other processes (``/proc``), and a ``setsid`` child that
 escapes the process group is only found by an environment marker it could clear.
-Even with namespaces the candidate can read world- or user-readable files (read-only),
-and code that deliberately searches the harness's own memory for the nonce and the
-result pipe could forge its results: this contains model mistakes and casual forgery,
-it is not a security boundary against a determined attacker — use a VM for that.
+Even with namespaces the candidate can read world- or user-readable files (read-only).
+The candidate runs in the harness's interpreter, so code written against this harness
+forges its results in a few lines (the nonce and the pipe are in the caller's frame,
+``sys._getframe(1).f_locals``), and a function returning an object whose ``__eq__`` is
+always true passes ``assert f(x) == y``; no in-process harness prevents either. This
+contains model mistakes and blind forgery (a printed marker, an early exit); it is not a
+security boundary against a determined attacker — use a VM for that.
 """
 
 from __future__ import annotations

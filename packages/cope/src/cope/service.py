@@ -104,6 +104,9 @@ class CopeService:
             raise RequestError(f"model {job.model!r}: the suffix must be :math or :code",
                                param="model", status=404, code="model_not_found")
         self.method_for(base)
+        if not job.messages[-1]["content"].strip():  # nothing to solve: not worth a cascade
+            raise RequestError("the last user message is empty: it is the problem to solve",
+                               param=f"messages[{len(job.messages) - 1}].content")
         task_type = job.extra.get("task_type")
         if task_type is not None and task_type not in TASK_TYPES:
             raise RequestError(f"task_type must be math or code, got {task_type!r}",

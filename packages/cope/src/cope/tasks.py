@@ -7,8 +7,7 @@ or a task file (JSONL, format below); GSM8K, MATH-500 and MBPP come from the hub
 Task file: one JSON object per line (blank lines are skipped)::
 
     {"id": "p1", "question": "What is 6 - 9 + 2?", "answer": "-1"}
-    {"id": "c1", "task_type": "code", "question": "Write add(a, b).",
-     "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
+    {"id": "c1", "task_type": "code", "question": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"]}
 
 - ``id``: string or integer, unique in the file (default: the line number);
 - ``question``: non-empty string, the problem as the model sees it;
