@@ -56,10 +56,10 @@ $(addprefix test-,$(PAPERS)): test-%: sync
 	$(OFFLINE) $(UV) run --no-sync pytest packages/$*/tests $(PYTEST_ARGS)
 
 lint: uv
-	$(UV) run --no-sync ruff check shared packages
+	$(UV) run --no-sync ruff check shared packages scripts
 
 format: uv
-	$(UV) run --no-sync ruff format shared packages
+	$(UV) run --no-sync ruff format shared packages scripts
 
 # smoke and cpu run offline on embedded data; paper reaches the hub for data and weights.
 $(addprefix reproduce-,$(PAPERS)): reproduce-%: sync

@@ -12,6 +12,11 @@ def test_extract_code_from_fence_and_plain():
     assert extract_code("Here:\n```python\nx = 1\n```\n") == "x = 1"
     assert extract_code("def f():\n    return 1").startswith("def f")
     assert extract_code("no code here") is None
+    # a reply cut by max_tokens before the closing fence: the code, without the fence
+    cut = "Sure:\n```python\ndef add(a, b):\n    return a + b\n"
+    assert extract_code(cut) == "def add(a, b):\n    return a + b"
+    assert run_tests(extract_code(cut), ["assert add(1, 2) == 3"], timeout_s=10).passed == 1
+    assert extract_code("```python\n") is None
 
 
 def test_tests_pass_and_fail_counted():

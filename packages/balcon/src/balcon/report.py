@@ -150,6 +150,16 @@ def write_report(run: RunDir) -> Path:
     # ------------------------------------------------------------ setting
     baselines = {v: run.read_json(f"baseline_{v}.json") for v in ("long_tailed", "balanced")
                  if (run.path / f"baseline_{v}.json").exists()}
+    def learned(rows, data: str):
+        """The gate of a claim about these InfoNCE encoders: their linear probe must beat
+        the best floor of the same seed (max of raw pixels and that seed's untrained
+        encoder), paired over seeds, before what they show means anything."""
+        fl = floors(baselines.get(data, {}), sorted({int(r["seed"]) for r in rows}))
+        vals, fls = _aligned(_by_seed(rows, "linear_acc"), fl["linear_acc"])
+        return signal_gate(vals, fls, paired=True,
+                           label=f"InfoNCE − best floor, linear probe, {data.replace('_', '-')}")
+
+    gated_rule = "; decided only if InfoNCE beats the best floor (linear probe, paired by seed)"
     setting = [
         f"- scale **{cfg['scale']}**; data **{cfg['data']['name']}**; grid trained on the "
         f"**{grid_data.replace('_', '-')}** training set",
@@ -378,9 +388,11 @@ def write_report(run: RunDir) -> Path:
             f"{summarize(_values(zero, 'linear_acc')).format()}"
             f" vs InfoNCE {summarize(_values(info, 'linear_acc')).format()}",
             f"both: the λ = 0 embedding std is below {COLLAPSE_FRACTION}/√d (all α × seeds), "
-            "and InfoNCE's linear probe is above λ = 0's (paired by grid seed)",
-            all_of(collapse, worse, correction="holm"), ["figures/grid_heatmap.png"]))
+            "and InfoNCE's linear probe is above λ = 0's (paired by grid seed)" + gated_rule,
+            learned(info, grid_data).guard(all_of(collapse, worse, correction="holm")),
+            ["figures/grid_heatmap.png"]))
     if have_bias:
+        bias_gate = learned(default_enc, grid_data)
         parts, texts = [], []
         for s in meas:
             first = [_rel_bias(r, s, 0) for r in default_enc]
@@ -392,8 +404,8 @@ def write_report(run: RunDir) -> Path:
             "The prototype representation bias falls as the number of augmentations M grows",
             f"relative bias M = {views[0]} → {views[-1]} (InfoNCE encoders): " + "; ".join(texts),
             f"at every measurement strength, bias(M={views[0]}) > bias(M={views[-1]}), paired "
-            "by encoder (both measured on the same encoder)",
-            all_of(*parts, correction="holm"), ["figures/bias.png"]))
+            "by encoder (both measured on the same encoder)" + gated_rule,
+            bias_gate.guard(all_of(*parts, correction="holm")), ["figures/bias.png"]))
         lo, hi = meas[0], meas[-1]
         at_lo = [_rel_floor(r, lo) for r in default_enc]
         at_hi = [_rel_floor(r, hi) for r in default_enc]
@@ -402,8 +414,9 @@ def write_report(run: RunDir) -> Path:
             "to the class prototype",
             f"relative bias at M → ∞ (InfoNCE encoders): measured at strength {lo} "
             f"{summarize(at_lo).format()}, at strength {hi} {summarize(at_hi).format()}",
-            f"bias at strength {lo} > bias at strength {hi}, paired by encoder",
-            compare(at_lo, at_hi, paired=True, label=f"strength {lo} − strength {hi}"),
+            f"bias at strength {lo} > bias at strength {hi}, paired by encoder" + gated_rule,
+            bias_gate.guard(compare(at_lo, at_hi, paired=True,
+                                    label=f"strength {lo} − strength {hi}")),
             ["figures/bias.png"]))
         # Two views of the same question: across every healthy encoder of the grid's training
         # set (losses, strengths, seeds differ), and across the InfoNCE strength sweep only
@@ -422,8 +435,8 @@ def write_report(run: RunDir) -> Path:
                 f" ({label})",
                 f"relative bias M → ∞ at strength {default_key} vs linear probe, "
                 f"{len(rows)} {where}",
-                "holds if ρ < 0 (the interval below 0); does not hold if ρ > 0",
-                test, ["figures/bias.png"]))
+                "holds if ρ < 0 (the interval below 0); does not hold if ρ > 0" + gated_rule,
+                bias_gate.guard(test), ["figures/bias.png"]))
 
     rep.section("Limits", _limits(cfg))
     return rep.write()

@@ -430,6 +430,10 @@ perfect; some papers report the un-normalised area or integrate to FPR 1 — not
         "The ± in the tables and the intervals in the rules cover the draws of the reference images "
         "only; the test set is fixed, so its sampling error (a few dozen images per category) "
         "is not included.",
+        "Per-image scoring takes its z-score statistics from the k reference images (the "
+        "global score's from only k of them, or from the calibration images at k ≤ 1): with "
+        "k ≤ 4 they are noisy, and part of the spread over reference draws comes from them."
+        if f["normalization"] == "reference" else "",
         "α, the timestep, the layers and the prompts are documented defaults, not tuned and "
         "not necessarily the paper's values.",
     ]

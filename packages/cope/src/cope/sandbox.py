@@ -53,6 +53,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _FENCE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+# an opening fence whose closing one never came (the reply hit max_tokens)
+_OPEN_FENCE_RE = re.compile(r"```(?:python|py)?[ \t]*\n(.*)\Z", re.DOTALL)
 
 # The harness. It runs before any candidate code, so what it reads (the nonce, the pipe)
 # never passes through a place the candidate writes to.
@@ -130,12 +132,16 @@ _main()
 
 
 def extract_code(text: str) -> str | None:
-    """The last fenced code block, else the reply itself if it looks like Python."""
+    """The last fenced code block, else the code after a fence never closed (a reply cut
+    by max_tokens), else the reply itself if it looks like Python."""
     if not text:
         return None
     blocks = _FENCE_RE.findall(text)
     if blocks:
         return blocks[-1].strip() or None
+    cut = _OPEN_FENCE_RE.search(text)
+    if cut:  # the fence itself is not Python: run what follows it
+        return cut.group(1).strip() or None
     if re.search(r"^\s*(def|class|import|from)\s", text, re.MULTILINE):
         return text.strip()
     return None
