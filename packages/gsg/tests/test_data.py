@@ -5,8 +5,8 @@ from PIL import Image
 
 from gsg import config
 from gsg.data import digits_data, digits_views
-from gsg.module import SSLModule
 from gsg.experiments import Arm, train_arm
+from gsg.module import SSLModule
 from reprokit.runtime import setup
 
 
