@@ -98,3 +98,21 @@ def test_checkpoint_resume_continues_an_interrupted_arm(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == first["history"][0]
     assert resumed["steps"] == 2 * first["steps"]
+
+
+def test_arms_in_parallel_processes_give_the_sequential_results(tmp_path):
+    from gsg.experiments import run_experiments
+    from reprokit.runs import RunDir
+
+    overrides = ["experiments.collapse=false", "experiments.batch_sizes=[]",
+                 "experiments.equal_compute=false", "experiments.methods=[simsiam,byol_gsg]",
+                 "experiments.seeds=[0]", "train.epochs=1"]
+    runtime = setup("cpu", threads=1)
+    out = {}
+    for workers in (1, 2):
+        cfg = config.load("smoke", overrides + [f"experiments.workers={workers}"])
+        run = RunDir("gsg", f"w{workers}", root=tmp_path)
+        out[workers] = run_experiments(cfg, run, runtime)
+    assert sorted(out[1]) == sorted(out[2]) and len(out[1]) == 2
+    for key, result in out[1].items():
+        assert result["final"] == out[2][key]["final"]      # same numbers from a spawned worker
