@@ -17,7 +17,7 @@ RUN_PATH_ENV = "BALCON_RUN_PATH"  # rank 0's run folder, inherited by the DDP ra
 
 EXAMPLES = """examples:
   balcon reproduce --scale smoke --out /tmp/runs       # seconds: every code path, tiny
-  balcon reproduce                                     # cpu scale, offline digits (≈ 6 CPU-min)
+  balcon reproduce                                     # cpu scale, offline noisy digits (≈ 8.5 CPU-min)
   balcon reproduce --run-name cpu-x --resume           # continue a killed run / rewrite report
   balcon reproduce --scale cpu --set train.steps=600 --seeds 0,1,2,3
   balcon reproduce --scale paper --set data.root=/data/cifar --accelerator cuda
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run the three experiments and write report.md",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     rep.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"),
-                     help="smoke: seconds; cpu: offline digits, ≈ 6 CPU-min (one thread); paper: "
+                     help="smoke: seconds; cpu: offline noisy digits, ≈ 8.5 CPU-min (one thread a process); paper: "
                           "CIFAR-10(-LT) ResNet-18 on GPUs (default: cpu)")
     rep.add_argument("--run-name", help="run folder name (default: <scale>-<timestamp>)")
     rep.add_argument("--resume", action="store_true",
