@@ -44,3 +44,25 @@ def test_every_scale_config_parses():
     lt = load("paper", ["data.name=imagenet_lt", "model.backbone=resnet50",
                         "experiments=[grid,bias]"])
     assert lt.data.name == "imagenet_lt"
+
+
+def test_per_view_batchnorm_matches_a_hand_written_per_view_forward():
+    import copy
+
+    cfg = load("smoke")
+    torch.manual_seed(0)
+    net = SimCLRNet("digits_mlp", {"hidden": 16, "depth": 2}, 16, 8)
+    ref = copy.deepcopy(net)
+    v1, v2 = torch.rand(10, 1, 8, 8), torch.rand(10, 1, 8, 8) * 2  # views with different stats
+    per_view = SimCLRModule(net, BalancedContrastiveLoss(), cfg.train, None, bn_views="per_view")
+    z1, z2 = per_view.embed(torch.cat([v1, v2]))
+    # the reference code: h_i = f(x_i); h_j = f(x_j) — BN statistics over one view each
+    r1, r2 = ref(v1), ref(v2)
+    assert torch.allclose(z1, r1, atol=1e-6) and torch.allclose(z2, r2, atol=1e-6)
+    bn, bn_ref = net.encoder[2], ref.encoder[2]
+    assert torch.allclose(bn.running_mean, bn_ref.running_mean)
+    # one pass over both views normalises with the statistics of 2B: a different result
+    joint = SimCLRModule(copy.deepcopy(ref), BalancedContrastiveLoss(), cfg.train, None,
+                         bn_views="joint")
+    j1, _ = joint.embed(torch.cat([v1, v2]))
+    assert not torch.allclose(j1, r1, atol=1e-3)

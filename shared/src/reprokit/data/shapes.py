@@ -17,7 +17,9 @@ teach) has to encode the shape.
 Status: experimental, used by no package yet. In a first measurement (16 px, a 4-stage CNN of
 width 16, 1,200 steps, kNN k=20) SimSiam/SimCLR did not yet beat the raw-pixel and
 random-encoder floors (e.g. 0.24 vs 0.27 on an easier setting where a supervised CNN reaches
-0.72); larger images, gentler crops and re-rendered views are the next candidates.
+0.72). Re-rendered digit scenes (each view a fresh rendering of one handwritten digit on
+these backgrounds) did not beat the floors either; gsg and balcon use
+``reprokit.data.images.noisy_digits`` instead (measured candidates: packages/gsg/README.md).
 
 - ``render_shapes(labels, size, seed, region)``: images of given labels, plus the nuisance
   factors and the shape masks (``ShapeSplit``);
