@@ -9,6 +9,7 @@ from reprokit.errors import ConfigError
 
 
 def cos(a, b):
+    a, b = a.detach(), b.detach()
     return float((a @ b) / (a.norm() * b.norm()))
 
 

@@ -417,7 +417,11 @@ def figure_variance_growth(res: Results, lr: float, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_title(f"{placement}-LN, lr {lr:g}")
         _layer_axis(ax, "layer (residual stream after block)")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # a placement whose own lr grid does not contain this lr (post at a high lr)
+            ax.text(0.5, 0.5, f"no {placement} runs at lr {lr:g}", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8)
     axes[0][0].set_ylabel("hidden-state variance (geo. mean over seeds)")
     return save_figure(fig, path)
 
