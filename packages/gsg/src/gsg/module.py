@@ -4,7 +4,8 @@ A training step: views of the batch (2, or 4 for GSG) → a forward pass of the 
 (and of the EMA target for BYOL) per view, as the reference code calls its encoder, so
 BatchNorm sees one view's batch (``model.bn_views: concat``: one pass over all views) → the
 loss. BYOL's target network is updated after every optimiser step. A non-finite loss skips
-the step, is recorded and stops the run (data, not a crash). Monitors (kNN, collapse) run every ``eval.every`` epochs.
+the step, is recorded and stops the run (data, not a crash). Monitors (kNN, collapse) run
+every ``eval.every`` epochs.
 """
 
 from __future__ import annotations
