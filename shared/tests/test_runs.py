@@ -61,3 +61,19 @@ def test_read_json_without_reopening_the_run(tmp_path):
     run = RunDir("p", "r", root=tmp_path)
     run.write_json("a.json", {"x": float("-inf")})
     assert read_json(run.path / "a.json") == {"x": float("-inf")}
+
+
+def test_run_view_reads_rank0s_run_and_creates_nothing(tmp_path):
+    from reprokit.runs import RunView
+
+    run = RunDir("pkg", "a", root=tmp_path)
+    run.write_json("results.json", {"x": 1})
+    RunDir("pkg", "b", root=tmp_path)  # `latest` now points at b
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    view = RunView(tmp_path / "pkg" / "a")
+    assert view.read_json("results.json") == {"x": 1}
+    assert view.checkpoints == run.checkpoints
+    RunView(tmp_path / "pkg" / "never-made")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "pkg" / "latest").resolve().name == "b"
+    assert not hasattr(view, "write_json") and not hasattr(view, "log")

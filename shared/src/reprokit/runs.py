@@ -59,6 +59,24 @@ def _restore(value: Any) -> Any:
     return value
 
 
+class RunView:
+    """An existing run folder, read-only: what a DDP rank > 0 holds of rank 0's run.
+
+    Unlike ``RunDir`` it creates nothing and leaves ``latest`` alone; it has no write
+    methods, so a stray write from a non-zero rank fails loudly instead of racing rank 0.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def read_json(self, filename: str) -> Any:
+        return read_json(self.path / filename)
+
+
 class RunDir:
     """A run's folder. ``resume=True`` reopens an existing run; otherwise the folder must be new.
 

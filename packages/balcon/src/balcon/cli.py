@@ -8,7 +8,6 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 from reprokit.config import parse_seeds
 from reprokit.errors import ConfigError, ReprokitError
@@ -71,7 +70,7 @@ def reproduce(args) -> int:
     from balcon.config import load
     from balcon.experiments import run_experiments
     from balcon.report import write_report
-    from reprokit.runs import RunDir, default_run_name
+    from reprokit.runs import RunDir, RunView, default_run_name
     from reprokit.runtime import setup
 
     overrides = list(args.overrides)
@@ -88,7 +87,7 @@ def reproduce(args) -> int:
     # whose path they get through the environment (a default run name is a timestamp).
     rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
     if rank > 0:
-        run = _RankView(Path(os.environ[RUN_PATH_ENV]))
+        run = RunView(os.environ[RUN_PATH_ENV])
         run_experiments(cfg, runtime, run, args.devices, log=lambda m: None, rank_zero=False)
         return 0
     run = RunDir("balcon", args.run_name or default_run_name(args.scale), args.out,
@@ -112,23 +111,6 @@ def reproduce(args) -> int:
     path = write_report(run)
     print(path)
     return 0
-
-
-class _RankView:
-    """Rank 0's run folder as a DDP rank > 0 sees it: it reads finished results and
-    checkpoints there and writes nothing (a ``RunDir`` would re-point ``latest``)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    def read_json(self, filename: str):
-        from reprokit.runs import read_json
-
-        return read_json(self.path / filename)
 
 
 def _cpu_seconds_with_children() -> float:

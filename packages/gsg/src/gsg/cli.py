@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from gsg.config import SCALES
 from reprokit.config import parse_seeds
@@ -68,7 +67,7 @@ def reproduce(args: argparse.Namespace) -> None:
     from gsg.experiments import run_experiments
     from gsg.report import build_report
     from gsg.setting import describe_setting
-    from reprokit.runs import RunDir, default_run_name, read_json
+    from reprokit.runs import RunDir, RunView, default_run_name
     from reprokit.runtime import setup
 
     overrides = list(args.overrides)
@@ -84,10 +83,8 @@ def reproduce(args: argparse.Namespace) -> None:
     rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if rank > 0 and args.run_name is None:
         raise ConfigError("--devices > 1 needs an explicit --run-name (every rank opens it)")
-    if rank > 0:  # a read-only view: RunDir() would create folders and re-point `latest`
-        path = Path(args.out) / "gsg" / args.run_name
-        view = SimpleNamespace(path=path, checkpoints=path / "checkpoints",
-                               read_json=lambda name: read_json(path / name))
+    if rank > 0:  # rank 0 owns the run folder; RunDir() would also re-point `latest`
+        view = RunView(Path(args.out) / "gsg" / args.run_name)
         run_experiments(cfg, view, runtime, devices=args.devices, resume=True, write=False)
         return
     run = RunDir("gsg", args.run_name or default_run_name(args.scale), root=args.out,
