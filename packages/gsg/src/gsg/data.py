@@ -154,11 +154,16 @@ class Monitor:
         return out
 
 
-def raw_pixel_knn(cfg: DataConfig, eval_cfg: EvalConfig) -> float | None:
-    """kNN on raw pixels: the floor a representation has to beat (digits only)."""
+def raw_pixel_floors(cfg: DataConfig, eval_cfg: EvalConfig, seed: int = 0) -> dict | None:
+    """kNN and linear-probe accuracy on raw pixels (digits only): with a random encoder's,
+    the floors a learned representation has to beat."""
     if cfg.name != "digits":
         return None
     digits = digits_data(cfg)
     bank, test = digits.bank, digits.test
-    return knn_accuracy(bank.images.flatten(1), bank.labels, test.images.flatten(1),
-                        test.labels, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature)
+    xtr, xte = bank.images.flatten(1), test.images.flatten(1)
+    return {"knn": knn_accuracy(xtr, bank.labels, xte, test.labels, k=eval_cfg.knn_k,
+                                temperature=eval_cfg.knn_temperature),
+            "linear": linear_probe_accuracy(xtr, bank.labels, xte, test.labels,
+                                            epochs=eval_cfg.linear_epochs, lr=eval_cfg.linear_lr,
+                                            seed=seed)}

@@ -95,9 +95,11 @@ def build_report(run_path: str | Path) -> Path:
                  if cfg.data.name == "digits" else f"{cfg.data.name} from {cfg.data.root}")
     floor = ""
     if setting.get("raw_pixel_knn") is not None:
-        lin = setting.get("random_init_linear")
-        floor = (f" kNN on raw pixels: {fmt(setting['raw_pixel_knn'])}; on the features of a "
-                 f"randomly initialised encoder: {fmt(setting['random_init_knn'])}"
+        lin, raw_lin = setting.get("random_init_linear"), setting.get("raw_pixel_linear")
+        floor = (f" kNN on raw pixels: {fmt(setting['raw_pixel_knn'])}"
+                 + (f" (linear probe {fmt(raw_lin)})" if raw_lin is not None else "")
+                 + f"; on the features of a randomly initialised encoder: "
+                 f"{fmt(setting['random_init_knn'])}"
                  + (f" (linear probe {fmt(lin)})" if lin is not None else "")
                  + " — the floors the learned representations have to beat.")
     rep.section("Setting", (
