@@ -120,3 +120,21 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
     run.write_json("data.json", data)
     with pytest.raises(ConfigError, match="task file content"):
         check_resume(resumed, cfg, {"sha256": "b" * 64})
+
+
+def test_report_rebuilds_from_a_copied_run_folder_and_leaves_latest_alone(tmp_path):
+    import shutil
+
+    cfg = make_config(tmp_path)
+    run = RunDir("cope", "r1", root=tmp_path / "runs")
+    run.save_config(cfg)
+    run_experiment(cfg, run, {"small": ScriptedBackend(small_responder),
+                              "large": ScriptedBackend(large_responder)})
+    first = build_report(run.path).read_text()
+    RunDir("cope", "r2", root=tmp_path / "runs")  # latest -> r2
+    copy = tmp_path / "pkg" / "results" / "cpu"  # not <root>/cope/<run>
+    shutil.copytree(run.path, copy)
+    (copy / "report.md").unlink()
+    assert build_report(copy).read_text() == first
+    assert (copy / "figures" / "accuracy_vs_cost.png").stat().st_size > 1000
+    assert (tmp_path / "runs" / "cope" / "latest").readlink().name == "r2"

@@ -60,7 +60,8 @@ def _restore(value: Any) -> Any:
 
 
 class RunView:
-    """An existing run folder, read-only: what a DDP rank > 0 holds of rank 0's run.
+    """An existing run folder, read-only: what a DDP rank > 0 holds of rank 0's run, or a
+    finished run (anywhere, e.g. a package's committed ``results/``) whose report is rebuilt.
 
     Unlike ``RunDir`` it creates nothing and leaves ``latest`` alone; it has no write
     methods, so a stray write from a non-zero rank fails loudly instead of racing rank 0.
@@ -72,6 +73,13 @@ class RunView:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.md"
+
+    def figure_path(self, name: str) -> Path:
+        return self.path / "figures" / (name if name.endswith(".png") else f"{name}.png")
 
     def read_json(self, filename: str) -> Any:
         return read_json(self.path / filename)

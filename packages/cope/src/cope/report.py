@@ -38,7 +38,7 @@ from reprokit.report import (
     summarize,
     threshold,
 )
-from reprokit.runs import RunDir, iter_jsonl
+from reprokit.runs import RunView, iter_jsonl
 
 ACCURACY_MARGIN = 0.05  # "comparable accuracy": COPE at most 5 points below large-alone
 SETTLE_SHARE = 0.05  # "settles part of the problems": at least 5% settle at stage 1
@@ -143,7 +143,7 @@ def failed_methods(run_path: str | Path) -> list[str]:
 
 def build_report(run_path: str | Path) -> Path:
     run_path = Path(run_path)
-    run = RunDir("cope", run_path.name, root=run_path.parent.parent, resume=True)
+    run = RunView(run_path)  # any run folder (runs/cope/<run>, results/cpu): `latest` stays
     cfg_dict, records = _load(run_path)
     all_records = records
     records, held_out = calibrate.split(records)  # "cal/..." problems are never scored
@@ -243,6 +243,10 @@ def build_report(run_path: str | Path) -> Path:
     tok_rows = [(name, ", ".join(f"{k}: {v}" for k, v in sorted(t["tokens"].items())))
                 for name, t in table.items()]
     report.table(("method", "tokens by model/role (prompt + completion)"), tok_rows)
+    parts = _accuracy_by_part(records, list(table))
+    if parts is not None:
+        report.table(*parts, caption="Accuracy by part of the task mix (the problem id's "
+                     "prefix): correct / problems.")
     report.text(_cost_structure(records, roster))
 
     # ---------------- figures
@@ -280,6 +284,23 @@ def build_report(run_path: str | Path) -> Path:
         "(or GSM8K/MBPP via data.source) from the hub and needs real models.",
     ]))
     return report.write()
+
+
+def _accuracy_by_part(records: list[dict], methods: list[str]) -> tuple[tuple, list] | None:
+    """(header, rows) of correct / problems per method and mix part (``<part>/<id>``), or
+    None when the problems do not come from a mix of two or more parts."""
+    parts = list(dict.fromkeys(r["id"].split("/", 1)[0] for r in records if "/" in r["id"]))
+    if len(parts) < 2:
+        return None
+    rows = []
+    for name in methods:
+        cells = []
+        for part in parts:
+            got = [bool(r["methods"][name]["correct"]) for r in records
+                   if r["id"].startswith(part + "/") and name in r["methods"]]
+            cells.append(f"{sum(got)} / {len(got)}")
+        rows.append((name, *cells))
+    return ("method", *parts), rows
 
 
 def _cost_structure(records: list[dict], roster: dict[str, dict]) -> str:
@@ -395,7 +416,7 @@ def _claims(report: Report, records: list[dict], table: dict[str, dict],
                ("cope",), unreliable)))
 
 
-def _plot(run: RunDir, table: dict[str, dict]) -> Path:
+def _plot(run: RunView, table: dict[str, dict]) -> Path:
     fig, axes = new_figure(1, 2, size=(5.4, 4.0))
     ax = axes[0][0]
     for name, t in table.items():
