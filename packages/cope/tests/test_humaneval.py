@@ -98,3 +98,22 @@ def test_cpu_config_mix_has_a_disjoint_held_out_slice():
     roster = cfg.roster()
     assert not roster["small"].paid and roster["large"].paid
     assert "cope@t=1.01" in [m.name for m in cfg.method_list()]  # full-information records
+
+
+@pytest.mark.parametrize("overlay", ["math-mix.yaml", "math-mix-cot.yaml"])
+def test_probe_overlays_load_over_the_cpu_config(overlay):
+    """The README's probes: the cpu config with its mix cut to the chain_sum parts (and, for
+    the CoT probe, step-by-step solving prompts); the pair and the methods stay the cpu's."""
+    from pathlib import Path
+
+    import cope
+    from cope.config import load
+
+    path = Path(cope.__file__).parent / "configs" / "probes" / overlay
+    base, cfg = load("cpu"), load("cpu", [], path)
+    problems = load_problems(cfg.data)
+    assert {p.task_type for p in problems} == {"math"}
+    assert len([p for p in problems if not is_calibration(p.id)]) == 24
+    assert cfg.models == base.models and cfg.methods == base.methods
+    assert cfg.prompts.code == base.prompts.code
+    assert ("step by step" in cfg.prompts.direct) == (overlay == "math-mix-cot.yaml")
