@@ -71,6 +71,10 @@ class RunView:
         self.path = Path(path)
 
     @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -79,23 +83,24 @@ class RunView:
         return self.path / "report.md"
 
     def figure_path(self, name: str) -> Path:
-        return self.path / "figures" / (name if name.endswith(".png") else f"{name}.png")
+        return self.figures / (name if name.endswith(".png") else f"{name}.png")
 
     def read_json(self, filename: str) -> Any:
         return read_json(self.path / filename)
 
 
-class RunDir:
+class RunDir(RunView):
     """A run's folder. ``resume=True`` reopens an existing run; otherwise the folder must be new.
 
-    Creating a run also points ``runs/<package>/latest`` at it.
+    Creating a run also points ``runs/<package>/latest`` at it. The paths and readers are
+    `RunView`'s; this class adds the writers.
     """
 
     def __init__(self, package: str, name: str, root: str | os.PathLike = "runs",
                  resume: bool = False):
         self.package = package
         self.name = name
-        self.path = Path(root) / package / name
+        super().__init__(Path(root) / package / name)
         if resume:
             if not self.path.is_dir():
                 raise ConfigError(f"--resume: run directory {self.path} does not exist")
@@ -115,18 +120,6 @@ class RunDir:
         except OSError:
             pass  # symlinks are a convenience (not available on some filesystems)
 
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / "report.md"
-
     def save_config(self, cfg: Any) -> Path:
         path = self.path / "config.yaml"
         save_config(cfg, path)
@@ -142,9 +135,6 @@ class RunDir:
         tmp.replace(path)  # atomic: a killed run never leaves half a file
         return path
 
-    def read_json(self, filename: str) -> Any:
-        return read_json(self.path / filename)
-
     def log(self, record: dict, filename: str = "metrics.jsonl") -> None:
         """Append one record (flushed at once, so a killed run keeps what it measured)."""
         with open(self.path / filename, "a") as fh:
@@ -158,9 +148,6 @@ class RunDir:
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(self.path), name=name, version="")
-
-    def figure_path(self, name: str) -> Path:
-        return self.figures / (name if name.endswith(".png") else f"{name}.png")
 
 
 def read_json(path: str | os.PathLike) -> Any:
