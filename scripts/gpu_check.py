@@ -224,11 +224,11 @@ def part_gsg(tiny: bool, out: Path) -> dict:
     for method in ("simsiam_gsg", "simsiam"):
         _reset_peak(device)
         torch.manual_seed(0)
-        module = SSLModule(cfg, method, True, (3, size, size), steps_per_epoch=100, epochs=1)
+        module = SSLModule(cfg, method, True, (3, size, size))
         module.to(device)
         if module.channels_last:
             module.to(memory_format=torch.channels_last)
-        opt = module.configure_optimizers()["optimizer"]
+        opt, _ = module.configure_optimizers(total_steps=100, epochs=1)
         # CIFAR-shaped random views, already augmented (the loader's cost is not measured)
         views = torch.rand(module.n_views * batch, 3, size, size, device=device)
         if module.channels_last:

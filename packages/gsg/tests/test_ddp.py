@@ -1,6 +1,6 @@
-"""``gsg reproduce --devices 2`` on CPU: two real processes (Lightning DDP over gloo).
+"""``gsg reproduce --devices 2`` on CPU: two real processes (Fabric DDP over gloo).
 
-Lightning's DDP launcher re-runs the command line once per extra rank, so the run is started
+Fabric's DDP launcher re-runs the command line once per extra rank, so the run is started
 as a subprocess of this very file: run as a script (``__main__`` below) it instruments the
 process and then calls ``gsg.cli.main``, and the relaunched rank runs the same instrumentation.
 It records, per rank and outside the run folder:
@@ -58,19 +58,18 @@ def _weights_hash(module) -> str:
 
 
 def _record_batches(log, rank: int):
-    """Wrap SSLModule.training_step so that every step appends its batch's image hashes."""
-    from gsg.module import SSLModule
+    """Wrap SSLTraining.train_step so that every step appends its batch's image hashes."""
+    from gsg.module import SSLTraining
 
-    real = SSLModule.training_step
+    real = SSLTraining.train_step
 
-    def training_step(self, batch, batch_idx):
-        lrs = [g["lr"] for g in self.trainer.optimizers[0].param_groups]  # this step's update
-        log.write(json.dumps({"rank": rank, "epoch": self.current_epoch,
-                              "step": self.global_step, "lr": lrs,
+    def train_step(self, batch):
+        lrs = [g["lr"] for g in self.optimizer.param_groups]  # this step's update
+        log.write(json.dumps({"rank": rank, "epoch": self.epoch, "step": self.step, "lr": lrs,
                               "rows": _row_hashes(batch)}) + "\n")
-        return real(self, batch, batch_idx)
+        return real(self, batch)
 
-    SSLModule.training_step = training_step
+    SSLTraining.train_step = train_step
     return real
 
 
@@ -78,7 +77,7 @@ def _driver(argv: list[str]) -> int:
     """The instrumented ``gsg`` command (both ranks run this)."""
     log_dir = Path(os.environ["GSG_DDP_LOG"])
     root = os.path.realpath(os.environ["GSG_DDP_ROOT"])
-    rank = int(os.environ.get("LOCAL_RANK", "0"))   # Lightning sets it for the relaunched ranks
+    rank = int(os.environ.get("LOCAL_RANK", "0"))   # Fabric sets it for the relaunched ranks
     writes = open(log_dir / f"writes-{rank}.txt", "a", buffering=1)  # noqa: SIM115 (opened before the hook)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -115,23 +114,25 @@ def _driver(argv: list[str]) -> int:
     real_train_arm = experiments.train_arm
 
     def train_arm(cfg, arm, *args, **kwargs):
-        module, result = real_train_arm(cfg, arm, *args, **kwargs)
+        training, result = real_train_arm(cfg, arm, *args, **kwargs)
         (log_dir / f"params-{rank}.json").write_text(json.dumps(
-            {"arm": arm.key, "weights": _weights_hash(module), "steps": result["steps"]}))
-        return module, result
+            {"arm": arm.key, "weights": _weights_hash(training.module), "steps": result["steps"]}))
+        return training, result
 
     experiments.train_arm = train_arm
     kill_after = int(os.environ.get("GSG_DDP_KILL_AFTER_EPOCH", "0"))
     if kill_after:
-        real_ckpt = experiments.AtomicCheckpoint.on_train_epoch_end
+        from gsg.module import SSLTraining
 
-        def on_train_epoch_end(self, trainer, module):
-            real_ckpt(self, trainer, module)
-            if trainer.is_global_zero and trainer.current_epoch + 1 == kill_after:
-                assert self.path.is_file()
+        real_save = SSLTraining.save
+
+        def save(self, path):
+            real_save(self, path)
+            if self.fabric.is_global_zero and self.epoch == kill_after:
+                assert path.is_file()
                 os.killpg(os.getpgid(0), signal.SIGKILL)   # every rank, mid-run
 
-        experiments.AtomicCheckpoint.on_train_epoch_end = on_train_epoch_end
+        SSLTraining.save = save
     sys.addaudithook(audit)
     return main(argv)
 
@@ -173,7 +174,7 @@ def _one_process_reference(tmp_path: Path) -> tuple[dict, list[dict]]:
     cfg = config.load("smoke", ["train.epochs=2", "train.checkpoint_every=1"])
     log_path = tmp_path / "batches-ref.jsonl"
     with open(log_path, "w", buffering=1) as log:
-        from gsg.module import SSLModule
+        from gsg.module import SSLTraining
 
         real = _record_batches(log, 0)
         try:
@@ -181,7 +182,7 @@ def _one_process_reference(tmp_path: Path) -> tuple[dict, list[dict]]:
             _, result = train_arm(cfg, Arm("byol_gsg", True, 2, 2 * PER_DEVICE_BATCH, 0),
                                   runtime)
         finally:
-            SSLModule.training_step = real
+            SSLTraining.train_step = real
     return result, [json.loads(line) for line in log_path.read_text().splitlines()]
 
 

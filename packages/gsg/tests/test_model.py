@@ -46,7 +46,7 @@ def test_no_predictor_means_identity_head():
 @pytest.mark.parametrize("method", ["simsiam", "simsiam_gsg", "byol", "byol_gsg"])
 def test_training_step_backpropagates(method):
     cfg = small_cfg()
-    module = SSLModule(cfg, method, True, (1, 8, 8), steps_per_epoch=1, epochs=1,
+    module = SSLModule(cfg, method, True, (1, 8, 8),
                        augment=lambda x: x + 0.01 * torch.randn_like(x))
     x = module.make_views(torch.rand(8, 1, 8, 8))
     assert x.shape == (8 * module.n_views, 1, 8, 8)
@@ -71,7 +71,7 @@ def test_paper_config_parses_and_builds_the_same_module():
     cfg = config.load("paper")
     assert (cfg.data.name, cfg.model.backbone, cfg.train.epochs, cfg.train.batch_size) == \
         ("cifar10", "resnet18_cifar", 200, 512)
-    module = SSLModule(cfg, "simsiam_gsg", True, (3, 32, 32), steps_per_epoch=1, epochs=1,
+    module = SSLModule(cfg, "simsiam_gsg", True, (3, 32, 32),
                        augment=lambda x: x)
     torch.manual_seed(0)
     x = module.make_views(torch.rand(4, 3, 32, 32))

@@ -71,19 +71,22 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, override, needle):
 def test_non_finite_loss_is_recorded_and_stops_the_run(monkeypatch):
     cfg = config.load("smoke")
     real = SSLModule.compute_loss
+    calls = []
 
-    def nan_after_two_steps(self, x):
+    def nan_from_the_third_step(self, x):
+        calls.append(1)
         loss = real(self, x)
-        return loss * float("nan") if self.global_step >= 2 else loss
+        return loss * float("nan") if len(calls) > 2 else loss
 
-    monkeypatch.setattr(SSLModule, "compute_loss", nan_after_two_steps)
+    monkeypatch.setattr(SSLModule, "compute_loss", nan_from_the_third_step)
     runtime = setup("cpu", threads=1)
-    module, result = train_arm(cfg, Arm("simsiam_gsg", True, 3, 128, 0), runtime)
+    training, result = train_arm(cfg, Arm("simsiam_gsg", True, 3, 128, 0), runtime)
+    # the run stops at once (27 steps in 3 epochs): two updates, the third step skipped
     assert result["diverged"] and result["nonfinite_step"] == 2
-    # the run stops at once (27 steps in 3 epochs); Lightning counts the skipped step, but
-    # no update is applied (every parameter is still finite)
-    assert result["steps"] == 3
-    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert result["steps"] == 2 and len(calls) == 3
+    assert all(torch.isfinite(p).all() for p in training.module.parameters())
+    # the stopped epoch is recorded with its monitors, and nothing after it
+    assert [h["epoch"] for h in result["history"]] == [1]
 
 
 def test_checkpoint_resume_continues_an_interrupted_arm(tmp_path):

@@ -1,18 +1,21 @@
-"""Throughput of the Lightning training step against a minimal plain-PyTorch SimSiam step.
+"""Throughput of gsg's training loop against a plain-PyTorch loop of the same SimSiam step.
 
-Both sides run the same backbone, heads, batch, batched tensor augmentation, precision
-(bf16 autocast on CUDA) and memory format (channels_last for ResNets on CUDA); the
-Lightning side is timed inside ``trainer.fit`` (its loop, hooks and scheduler included)
-between batch-end timestamps after a warm-up, so start-up is excluded on both sides.
-Images come from memory (the digits, or random 32-px images for CIFAR configs): this
-measures the step, not the data loader.
+"ours" is `SSLTraining.fit` on Fabric, as ``reproduce`` runs an arm (its epochs, data loader,
+wrapped module, ``fabric.backward``, optimiser and LR-schedule steps, loss record). "plain" is
+the same step written out by hand: the same network, batches (the same `TensorBatches`
+stream), batched augmentation, one forward per view, symmetric negative-cosine loss,
+finiteness check, SGD with the same two parameter groups and per-step warm-up + cosine
+schedule; bf16 autocast on CUDA and channels_last for ResNets on both sides. Rounds
+alternate which side runs first, one thread, steps timed after a warm-up (start-up
+excluded), each side's rate taken at its median step time. Images come from memory (the digits, or random 32-px images for CIFAR configs):
+this measures the step, not the data loader.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -20,21 +23,13 @@ from torch.utils.data import DataLoader
 from gsg.config import GSGConfig
 from gsg.data import digits_data, digits_views
 from gsg.model import SiameseNet
-from gsg.module import SSLModule
+from gsg.module import SSLModule, SSLTraining
 from reprokit.data.augment import TensorAugment
 from reprokit.data.images import TensorBatches
+from reprokit.fabric import make_fabric
+from reprokit.optim import warmup_cosine
 from reprokit.progress import quiet_lightning
-from reprokit.runtime import setup
-
-
-class _Stamps(L.Callback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
+from reprokit.runtime import Runtime, setup
 
 
 def _images(cfg: GSGConfig, n: int):
@@ -44,71 +39,120 @@ def _images(cfg: GSGConfig, n: int):
     return torch.rand(n, 3, size, size), TensorAugment(flip=True, noise_std=0.0, erase_prob=0.0)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _rate(times: list[float], warmup: int, batch: int) -> float:
+    """Images/s at the median step time: robust to the other processes of a shared machine
+    preempting a few steps (both sides are measured alike)."""
     t = times[warmup:]
-    return (len(t) - 1) * batch / (t[-1] - t[0])
+    return batch / statistics.median(b - a for a, b in zip(t, t[1:]))
 
 
-def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 20,
+class _TimedTraining(SSLTraining):
+    """`SSLTraining` with a timestamp after every step (nothing else changes)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.times: list[float] = []
+
+    def train_step(self, batch) -> bool:
+        ok = super().train_step(batch)
+        _sync(self.fabric.device)
+        self.times.append(time.perf_counter())
+        return ok
+
+
+def _epochs_for(steps: int, loader) -> int:
+    return -(-steps // len(loader))
+
+
+def ours(cfg: GSGConfig, method: str, images, augment, runtime: Runtime, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    fabric = make_fabric(runtime)
+    loader = DataLoader(TensorBatches(images, cfg.train.batch_size, 0), batch_size=None)
+    module = SSLModule(cfg, method, True, tuple(images.shape[1:]), augment)
+    epochs = _epochs_for(steps, loader)
+    training = _TimedTraining(fabric, module, epochs, len(loader))
+    training.fit(loader)
+    return training.times[:steps]
+
+
+def plain(cfg: GSGConfig, images, augment, runtime: Runtime, steps: int) -> list[float]:
+    """SimSiam's step by hand (see the module docstring)."""
+    torch.manual_seed(0)
+    device, t, batch = runtime.device, cfg.train, cfg.train.batch_size
+    net = SiameseNet(cfg.model, "simsiam", True, tuple(images.shape[1:])).to(device)
+    channels_last = cfg.model.channels_last and cfg.model.backbone.startswith("resnet")
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    loader = DataLoader(TensorBatches(images, batch, 0), batch_size=None)
+    epochs = _epochs_for(steps, loader)
+    total, warmup = epochs * len(loader), t.warmup_epochs * len(loader)
+    predictor = list(net.predictor.parameters())
+    body = [*net.backbone.parameters(), *net.projector.parameters()]
+    opt = torch.optim.SGD([{"params": body}, {"params": predictor}],
+                          lr=t.base_lr * batch / 256, momentum=t.momentum,
+                          weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [
+        lambda s: warmup_cosine(s, total, warmup),
+        (lambda s: 1.0) if t.fixed_predictor_lr else (lambda s: warmup_cosine(s, total, warmup))])
+    times, losses = [], []
+    for epoch in range(epochs):
+        loader.dataset.set_epoch(epoch)
+        for x in loader:
+            x = x.to(device)
+            v = torch.cat([augment(x), augment(x)])
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                if cfg.model.bn_views == "per_view":
+                    outs = [net(u) for u in v.split(batch)]
+                    z, p = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+                else:
+                    z, p = (out.view(2, batch, -1) for out in net(v))
+            z, p = z.float(), p.float()
+            loss = 0.5 * (-F.cosine_similarity(p[0], z[1].detach(), dim=-1)
+                          - F.cosine_similarity(p[1], z[0].detach(), dim=-1)).mean()
+            if not torch.isfinite(loss):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+            _sync(device)
+            times.append(time.perf_counter())
+    return times[:steps]
+
+
+def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 200, rounds: int = 5,
               accelerator: str = "auto") -> dict:
     quiet_lightning()
     runtime = setup(accelerator, cfg.train.precision, threads=cfg.train.threads or None, seed=0)
-    device, batch = runtime.device, cfg.train.batch_size
+    batch = cfg.train.batch_size
     warmup = max(2, steps // 5)
-    total = steps + warmup + 1
-    images, augment = _images(cfg, max(total * batch // 4, 2 * batch))
-    images = images.to(device)
-    in_shape = tuple(images.shape[1:])
-
-    # ---- Lightning module inside trainer.fit
-    module = SSLModule(cfg, method, True, in_shape, total, 1, augment, monitor=None)
-    stamps = _Stamps()
-    loader = DataLoader(TensorBatches(images, batch, 0), batch_size=None)
-    trainer = L.Trainer(max_steps=total, max_epochs=-1, accelerator=runtime.accelerator,
-                        devices=1, precision=runtime.precision, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[stamps])
-    trainer.fit(module, loader)
-    module_rate = _rate(stamps.times, warmup, batch)
-
-    # ---- plain PyTorch SimSiam step on the same network
-    torch.manual_seed(0)
-    net = SiameseNet(cfg.model, "simsiam", True, in_shape).to(device)
-    channels_last = module.channels_last
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.train.base_lr * batch / 256, momentum=0.9,
-                          weight_decay=cfg.train.weight_decay)
-    times = []
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    for _ in range(total):
-        x = images[torch.randint(0, images.shape[0], (batch,), generator=gen).to(device)]
-        v = torch.cat([augment(x), augment(x)])
-        if channels_last:
-            v = v.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            if cfg.model.bn_views == "per_view":   # one pass per view, as the module does
-                outs = [net(u) for u in v.split(batch)]
-                z, p = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-            else:
-                z, p = (out.view(2, batch, -1) for out in net(v))
-        z, p = z.float(), p.float()
-        loss = -0.5 * (F.cosine_similarity(p[0], z[1].detach()).mean()
-                       + F.cosine_similarity(p[1], z[0].detach()).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter())
-    plain_rate = _rate(times, warmup, batch)
+    images, augment = _images(cfg, max((steps + warmup) * batch // 4, 2 * batch))
+    images = images.to(runtime.device)
+    ours_rates, plain_rates = [], []
+    for r in range(rounds):
+        sides = [("ours", lambda: ours(cfg, method, images, augment, runtime, steps + warmup)),
+                 ("plain", lambda: plain(cfg, images, augment, runtime, steps + warmup))]
+        for name, run in (sides if r % 2 == 0 else sides[::-1]):
+            rate = _rate(run(), warmup, batch)
+            (ours_rates if name == "ours" else plain_rates).append(rate)
+    ratios = [o / p for o, p in zip(ours_rates, plain_rates)]
     return {"method": method, "backbone": cfg.model.backbone, "batch_size": batch,
             "device": runtime.device_name, "precision": runtime.precision,
-            "channels_last": channels_last, "threads": runtime.threads, "steps": steps,
-            "images_per_second": round(module_rate, 1),
-            "plain_pytorch_simsiam_images_per_second": round(plain_rate, 1),
-            "ratio": round(module_rate / plain_rate, 3),
-            "note": "GSG makes 4 views per image (2 for the baselines): expect ~0.5 for *_gsg"}
+            "threads": runtime.threads, "steps": steps, "rounds": rounds,
+            "images_per_second": [round(x, 1) for x in ours_rates],
+            "plain_pytorch_simsiam_images_per_second": [round(x, 1) for x in plain_rates],
+            "ratios": [round(x, 3) for x in ratios],
+            "ratio": round(statistics.median(ratios), 3),
+            "note": "ratio: median over rounds. GSG makes 4 views per image (2 for the "
+                    "baselines): expect ~0.5 for *_gsg"}
 
 
 __all__ = ["run_bench"]

@@ -48,15 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: train.threads of the config; 0 = all cores)")
 
     bench = sub.add_parser("bench", help="images/s of a training step vs plain PyTorch",
-                           description="Time the Lightning module's training step (forward, "
-                           "loss, backward, optimiser step) against a minimal plain-PyTorch "
-                           "SimSiam step on the same backbone and batch; prints one JSON line.")
+                           description="Time gsg's training loop (SSLTraining on Fabric, as "
+                           "reproduce runs it) against a plain-PyTorch loop of the same SimSiam "
+                           "step on the same backbone and batches, in alternating rounds on "
+                           "one thread; prints one JSON line.")
     bench.add_argument("--scale", default="cpu", choices=SCALES,
                        help="take the model and data shapes from this config")
     bench.add_argument("--method", default="simsiam",
                        choices=("simsiam", "simsiam_gsg", "byol", "byol_gsg"))
     bench.add_argument("--batch-size", type=int, default=None)
-    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--steps", type=int, default=200, help="timed steps per side and round "
+                       "(after a warm-up of steps/5)")
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="rounds, alternating which side runs first (ratio: their median)")
     bench.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
@@ -113,7 +117,7 @@ def bench(args: argparse.Namespace) -> None:
     if args.batch_size is not None:
         overrides.append(f"train.batch_size={args.batch_size}")
     cfg = config.load(args.scale, overrides)
-    print(json.dumps(run_bench(cfg, args.method, args.steps, args.accelerator)), flush=True)
+    print(json.dumps(run_bench(cfg, args.method, args.steps, args.rounds, args.accelerator)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

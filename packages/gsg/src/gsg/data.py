@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from gsg.config import DataConfig, EvalConfig
 from reprokit.data.augment import (
@@ -98,7 +98,11 @@ def natural_datasets(cfg: DataConfig, n_views: int):
 
 
 def build_training_data(cfg: DataConfig, batch_size: int, n_views: int, seed: int,
-                        accelerator: str = "cpu") -> TrainingData:
+                        accelerator: str = "cpu", world_size: int = 1,
+                        rank: int = 0) -> TrainingData:
+    """The training loader (`batch_size` per process) and the monitors' splits. Both kinds of
+    loader draw each epoch's order from (seed, epoch) once told the epoch (``set_epoch``), and
+    under DDP give every process a disjoint shard of it."""
     if cfg.name == "digits":
         digits = digits_data(cfg)
         loader = DataLoader(TensorBatches(digits.train.images, batch_size, seed), batch_size=None,
@@ -106,12 +110,14 @@ def build_training_data(cfg: DataConfig, batch_size: int, n_views: int, seed: in
         return TrainingData(loader, digits_views(cfg), tuple(digits.train.images.shape[1:]),
                             digits.bank, digits.test)
     train_set, eval_train, eval_test = natural_datasets(cfg, n_views)
-    if batch_size > len(train_set):
-        raise DatasetError(f"batch size {batch_size} exceeds the {len(train_set)} training images")
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+    if batch_size * world_size > len(train_set):
+        raise DatasetError(f"batch size {batch_size} × {world_size} processes exceeds the "
+                           f"{len(train_set)} training images")
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, pin_memory=accelerator == "cuda",
-                        persistent_workers=cfg.workers > 0, generator=gen,
+                        persistent_workers=cfg.workers > 0,
                         prefetch_factor=4 if cfg.workers > 0 else None)
     return TrainingData(loader, None, (3, cfg.image_size, cfg.image_size), eval_train, eval_test)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,11 +22,10 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-import lightning as L
-
 from gsg.config import GSGConfig
 from gsg.data import Monitor, build_training_data
-from gsg.module import RecordEpoch, SSLModule, parse_method
+from gsg.module import SSLModule, SSLTraining, parse_method
+from reprokit.fabric import make_fabric
 from reprokit.progress import quiet_lightning, track
 from reprokit.runs import RunDir, read_json
 from reprokit.runtime import Runtime, available_cpus, seed_everything
@@ -74,49 +72,28 @@ def unique_arms(groups: dict[str, list[Arm]]) -> list[Arm]:
     return list(seen.values())
 
 
-class AtomicCheckpoint(L.Callback):
-    """``last.ckpt`` every `every` epochs, written to a temporary file and renamed."""
-
-    def __init__(self, path: Path, every: int):
-        self.path, self.every = path, every
-
-    def on_train_epoch_end(self, trainer, module):
-        if self.every and trainer.current_epoch % self.every == self.every - 1:
-            if trainer.is_global_zero:     # the other DDP ranks write nothing
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            trainer.save_checkpoint(tmp)    # collective under DDP; rank 0 writes the file
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
-
-
 def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,
-              ckpt_path: Path | None = None, resume: bool = False) -> tuple[SSLModule, dict]:
-    """Train one arm; returns the module and its result record (history + final metrics)."""
+              ckpt_path: Path | None = None, resume: bool = False) -> tuple[SSLTraining, dict]:
+    """Train one arm; returns its `SSLTraining` and its result record (history + final
+    metrics). `devices` > 1: DDP, every process trains (and returns) alike."""
     quiet_lightning()
+    fabric = make_fabric(runtime, devices)
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = arm.batch_size
     seed_everything(arm.seed)
     data = build_training_data(cfg.data, arm.batch_size, arm.n_views, arm.seed,
-                               runtime.accelerator)
+                               runtime.accelerator, fabric.world_size, fabric.global_rank)
     monitor = Monitor(data, cfg.eval, workers=min(cfg.data.workers, 4) if data.augment is None else 0)
-    module = SSLModule(cfg, arm.method, arm.predictor, data.in_shape, len(data.loader),
-                       arm.epochs, data.augment, monitor, arm.seed)
-    callbacks: list[L.Callback] = [RecordEpoch()]
-    every = cfg.train.checkpoint_every
-    if ckpt_path is not None and every:
-        callbacks.append(AtomicCheckpoint(ckpt_path, every))
-    trainer = L.Trainer(max_epochs=arm.epochs, accelerator=runtime.accelerator, devices=devices,
-                        precision=runtime.precision, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False,
-                        num_sanity_val_steps=0, callbacks=callbacks)
+    module = SSLModule(cfg, arm.method, arm.predictor, data.in_shape, data.augment)
+    training = SSLTraining(fabric, module, arm.epochs, len(data.loader), monitor, arm.seed,
+                           ckpt_path, cfg.train.checkpoint_every)
     start = time.perf_counter()
     cpu_start = time.process_time()
     resume_from = ckpt_path if resume and ckpt_path is not None and ckpt_path.is_file() else None
-    trainer.fit(module, data.loader, ckpt_path=resume_from)
+    training.fit(data.loader, resume_from)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    final = monitor(module.net, module.device, linear=True, seed=arm.seed)
-    steps = trainer.global_step
+    final = monitor(module.net, fabric.device, linear=True, seed=arm.seed)
+    steps = training.step
     result = {
         "key": arm.key, "method": arm.method, "predictor": arm.predictor,
         "epochs": arm.epochs, "batch_size": arm.batch_size, "seed": arm.seed,
@@ -126,10 +103,11 @@ def train_arm(cfg: GSGConfig, arm: Arm, runtime: Runtime, devices: int = 1,
         "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
         "images_per_second": steps * arm.batch_size / max(seconds, 1e-9),
         "resumed_from_checkpoint": resume_from is not None,
-        "nonfinite_step": module.nonfinite_step, "diverged": module.nonfinite_step is not None,
-        "history": module.history, "final": final,
+        "nonfinite_step": training.nonfinite_step,
+        "diverged": training.nonfinite_step is not None,
+        "history": training.history, "final": final,
     }
-    return module, result
+    return training, result
 
 
 def _train_arm_in_worker(cfg: GSGConfig, arm: Arm, accelerator: str, precision: str,
