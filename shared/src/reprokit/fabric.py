@@ -1,9 +1,11 @@
 """Lightning Fabric for the hand-written training loops of gsg and balcon.
 
 Their steps are a few milliseconds on a CPU, where ``lightning.Trainer``'s per-step machinery
-(hooks, closures, result collection, data fetcher) costs ≈ 0.4 ms, 10 % of the step; Fabric
+(hooks, closures, result collection, data fetcher) costs ≈ 0.4 ms, 10 % of the step. Fabric
 keeps what those loops need from Lightning (device placement, precision, DDP/FSDP launching,
-collective checkpoints) for ≈ 12 µs of wrapper calls per step.
+collective checkpoints) for tens of µs of wrapper calls per step when the whole forward of a
+step is one call of the wrapped module (measured step by step on gsg's 3.3 ms cpu step:
+forward wrapper +7–55 µs, optimizer wrapper +5–16 µs, ``fabric.backward`` ≈ 0; ≤ 2 %).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rich progress bars for long loops, and a Lightning progress bar to match."""
+"""Rich progress bars for long loops; Lightning's banners silenced."""
 
 from __future__ import annotations
 
@@ -23,20 +23,6 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     from rich.progress import track as rich_track
 
     yield from rich_track(items, description=description, total=total, transient=True)
-
-
-def lightning_progress_bar():
-    """Callbacks list for a Lightning Trainer: a rich bar on terminals, none otherwise."""
-    if not progress_enabled():
-        return []
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    return [RichProgressBar(leave=False)]
-
-
-def trainer_progress_kwargs() -> dict:
-    """Keyword arguments for ``lightning.Trainer`` matching `progress_enabled`."""
-    return {"enable_progress_bar": progress_enabled(), "callbacks": lightning_progress_bar()}
 
 
 def quiet_lightning() -> None:

@@ -1,27 +1,35 @@
-"""``balcon bench``: images/s of a SimCLR training step, this package vs plain PyTorch.
+"""``balcon bench``: images/s of a SimCLR training step, this package's loop vs plain PyTorch.
 
-Both loops do the same work on the cpu config's backbone, input shape and batch: two batched
-TensorAugment views, the encoder once per view (BN per view) in the config's memory format,
-the contrastive loss, backward, an SGD step. "ours" is the Lightning
-``SimCLRModule`` under ``lightning.Trainer`` (as ``reproduce`` runs it) with the fused
-balanced loss at α = λ = 1; "plain" is a hand-written loop with NT-Xent as cross-entropy.
+Both sides run the same step on the scale's backbone, input shape, batch and optimizer: the
+same loader of seeded global batches, the two views from one batched augmentation call with
+the same random stream, the encoder once per view (BN per view) in the config's memory
+format, InfoNCE, backward, SGD/LARS with the same parameter groups and the same per-step
+warmup-cosine learning rate. "ours" is `balcon.module.fit` — the loop ``reproduce`` trains
+every arm with (Lightning Fabric, `SimCLRModule`, the fused balanced loss at α = λ = 1) —
+with a timing hook; "plain" is that step written out by hand, NT-Xent as cross-entropy.
+Starting from the same weights, both compute the same losses (reported, and tested).
+
+The two sides alternate in one process and one thread, each round with a fresh network and
+the other side first; the ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from dataclasses import replace
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
-from balcon.config import TrainConfig, load
+from balcon.config import load
+from balcon.data import ShardedBatches
 from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
-from balcon.module import SimCLRModule
+from balcon.module import SimCLRModule, fit
 from reprokit.data.augment import TensorAugment
-from reprokit.data.images import TensorBatches
 from reprokit.errors import ConfigError
+from reprokit.optim import LARS, split_decay_params, warmup_cosine
 from reprokit.runtime import setup
 
 
@@ -55,72 +63,94 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_step_loop(net, images, augment, batch_size, steps, warmup, device,
-                    temperature=0.5, channels_last=False):
-    """The reference: a minimal SimCLR step in plain PyTorch, as the PyTorch SimCLR code
-    writes it (the encoder called once per view, NT-Xent as cross-entropy)."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    batches = iter(TensorBatches(images, batch_size, 0,
-                                 labels=torch.zeros(len(images), dtype=torch.long), infinite=True))
-    n2 = 2 * batch_size
-    targets = torch.arange(n2, device=device).roll(batch_size)
+def _loader(images, batch_size: int):
+    """What `train_arm` gets from in-memory data: endless seeded global batches."""
+    return lambda start_step: torch.utils.data.DataLoader(
+        ShardedBatches(images, batch_size, 0, start_step), batch_size=None)
+
+
+def plain_step_loop(net, make_loader, augment, train, total, warmup, device, bn_views,
+                    channels_last=False):
+    """The reference: the same SimCLR step in plain PyTorch, as the PyTorch SimCLR code
+    writes it. Returns (images/s over the steps after `warmup`, [first loss, last loss])."""
+    decay, no_decay = split_decay_params(net)
+    groups = [{"params": decay, "weight_decay": train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    base_lr = train.lr * train.batch_size / 256
+    if train.optimizer == "lars":
+        groups[1]["lars"] = False
+        opt = LARS(groups, lr=base_lr, momentum=train.momentum)
+    else:
+        opt = torch.optim.SGD(groups, lr=base_lr, momentum=train.momentum)
+    batches = iter(make_loader(0))
+    n2 = 2 * train.batch_size
+    targets = torch.arange(n2, device=device).roll(train.batch_size)
     eye = torch.eye(n2, dtype=torch.bool, device=device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for i in range(warmup + steps):
-        if i == warmup:
+    losses = []
+    for step in range(total):
+        if step == warmup:
             _sync(device)
             start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = base_lr * warmup_cosine(step, total, train.warmup_steps)
         x, _ = next(batches)
         x = x.to(device)
-        x1, x2 = augment(x), augment(x)
-        x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
-        z = F.normalize(torch.cat([net(x1), net(x2)]), dim=1)
-        logits = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+        # both views in one call, from the stream SimCLRModule draws at this step (seed 0)
+        gen = torch.Generator(device=x.device).manual_seed(step * 1024)
+        views = augment(torch.cat([x, x]), generator=gen)
+        if views.ndim == 4:
+            views = views.contiguous(memory_format=fmt)
+        if bn_views == "joint":
+            z = net(views)
+        else:
+            x1, x2 = views.chunk(2)
+            z = torch.cat([net(x1), net(x2)])
+        z = F.normalize(z, dim=1)
+        logits = (z @ z.T / train.temperature).masked_fill(eye, float("-inf"))
         loss = F.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step in (0, total - 1):
+            losses.append(loss.detach())
     _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    rate = (total - warmup) * train.batch_size / (time.perf_counter() - start)
+    return rate, [v.item() for v in losses]
 
 
-class _Timer(L.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+class _Timer:
+    """`fit`'s on_step hook: the clock runs from the end of step `warmup` to the last."""
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            _sync(module.device)
-            self.start = time.perf_counter()
+    def __init__(self, warmup: int, total: int, device):
+        self.warmup, self.total, self.device = warmup, total, device
+        self.start = self.end = None
 
-    def on_train_end(self, trainer, module):
-        _sync(module.device)
-        self.end = time.perf_counter()
+    def __call__(self, done: int) -> None:
+        if done in (self.warmup, self.total):
+            _sync(self.device)
+            if done == self.warmup:
+                self.start = time.perf_counter()
+            else:
+                self.end = time.perf_counter()
 
 
-def ours_loop(cfg, net, images, augment, batch_size, steps, warmup, runtime):
-    train = TrainConfig(steps=warmup + steps, batch_size=batch_size, optimizer="sgd", lr=0.1,
-                        warmup_steps=0, log_every=10**9)
-    module = SimCLRModule(net, BalancedContrastiveLoss(1.0, 1.0, 0.5, True), train, augment,
-                          bn_views=cfg.model.bn_views, channels_last=cfg.model.channels_last)
-    timer = _Timer(warmup)
-    trainer = L.Trainer(accelerator=runtime.accelerator, devices=1, precision="32-true",
-                        max_steps=warmup + steps, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=[timer], limit_val_batches=0, num_sanity_val_steps=0)
-    loader = torch.utils.data.DataLoader(
-        TensorBatches(images, batch_size, 0, labels=torch.zeros(len(images), dtype=torch.long),
-                      infinite=True),
-        batch_size=None)
-    trainer.fit(module, train_dataloaders=loader)
-    return steps * batch_size / (timer.end - timer.start)
+def ours_loop(cfg, net, make_loader, augment, train, total, warmup, runtime):
+    """`fit` as `train_arm` calls it (no checkpoints, no progress bar), timed by its hook."""
+    module = SimCLRModule(net, BalancedContrastiveLoss(1.0, 1.0, train.temperature, True),
+                          augment, bn_views=cfg.model.bn_views,
+                          channels_last=cfg.model.channels_last)
+    timer = _Timer(warmup, total, runtime.device)
+    fit(module, train, make_loader, runtime, 1, name="bench", on_step=timer, progress=False)
+    rate = (total - warmup) * train.batch_size / (timer.end - timer.start)
+    return rate, [v for _, v in module.loss_curve]
 
 
 def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | None = None,
-          steps: int = 30, warmup: int = 5, accelerator: str = "auto",
-          threads: int | None = None, rounds: int = 2, overrides: list[str] = ()) -> dict:
+          steps: int = 200, warmup: int = 10, accelerator: str = "auto",
+          threads: int | None = None, rounds: int = 5, overrides: list[str] = ()) -> dict:
     """The training step of `scale`'s config (backbone, input shape, augmentation, BN per
-    view, memory format), this package's Lightning loop vs plain PyTorch."""
+    view, memory format, optimizer), this package's loop vs plain PyTorch."""
     overrides = list(overrides)
     if backbone:
         overrides += [f"model.backbone={backbone}", "model.backbone_kwargs={}"]
@@ -132,11 +162,15 @@ def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | Non
         raise ConfigError(f"bench: {err}") from None
     if steps < 1 or warmup < 1 or rounds < 1:
         raise ConfigError("bench: --steps, --warmup and --rounds must be ≥ 1")
-    batch_size = cfg.train.batch_size
+    total = warmup + steps
+    # the scale's optimizer and schedule over the benched steps; the loss curve only at the
+    # first and last step (one .item() each), checkpoints off
+    train = replace(cfg.train, steps=total, log_every=total, checkpoint_every=0)
     runtime = setup(accelerator, "32-true", threads=threads or 1, seed=0)
-    images, augment, in_shape = _inputs(cfg, max(4 * batch_size, 1024))
-    kwargs = _backbone_kwargs(cfg, in_shape)
+    images, augment, in_shape = _inputs(cfg, max(4 * train.batch_size, 1024))
     device = runtime.device
+    make_loader = _loader(images.to(device), train.batch_size)
+    kwargs = _backbone_kwargs(cfg, in_shape)
 
     def fresh_net():
         torch.manual_seed(0)
@@ -145,21 +179,34 @@ def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | Non
             net = net.to(memory_format=torch.channels_last)
         return net.to(device)
 
-    # Alternate the two loops and keep each one's best, so that a busy machine (other
-    # processes) penalises neither side systematically.
-    plain, ours = [], []
-    for _ in range(rounds):
-        plain.append(plain_step_loop(fresh_net(), images.to(device), augment, batch_size,
-                                     steps, warmup, device,
-                                     temperature=cfg.train.temperature,
-                                     channels_last=cfg.model.channels_last))
-        ours.append(ours_loop(cfg, fresh_net(), images, augment, batch_size, steps, warmup,
-                              runtime))
+    sides = {
+        "plain": lambda: plain_step_loop(fresh_net(), make_loader, augment, train, total,
+                                         warmup, device, cfg.model.bn_views,
+                                         cfg.model.channels_last),
+        "ours": lambda: ours_loop(cfg, fresh_net(), make_loader, augment, train, total,
+                                  warmup, runtime)}
+    rates: dict[str, list[float]] = {"ours": [], "plain": []}
+    losses: dict[str, list[float]] = {}
+    first = []
+    for r in range(rounds):
+        # alternate who goes first: a machine that slows down or warms up over a round
+        # penalises neither side systematically
+        order = ("plain", "ours") if r % 2 == 0 else ("ours", "plain")
+        first.append(order[0])
+        for side in order:
+            rate, side_losses = sides[side]()
+            rates[side].append(rate)
+            losses.setdefault(side, side_losses)
+    ratios = [o / p for o, p in zip(rates["ours"], rates["plain"])]
     return {"scale": scale, "data": cfg.data.name, "input": list(in_shape),
             "backbone": cfg.model.backbone, "backbone_kwargs": kwargs,
-            "batch_size": batch_size, "bn_views": cfg.model.bn_views,
-            "channels_last": cfg.model.channels_last, "steps": steps, "rounds": rounds,
+            "batch_size": train.batch_size, "bn_views": cfg.model.bn_views,
+            "channels_last": cfg.model.channels_last, "optimizer": train.optimizer,
+            "steps": steps, "warmup": warmup, "rounds": rounds, "first": first,
             "device": runtime.device_name, "threads": runtime.threads,
-            "ours_images_per_s": [round(v, 1) for v in ours],
-            "plain_images_per_s": [round(v, 1) for v in plain],
-            "ratio": round(max(ours) / max(plain), 3), "goal": 1.0}
+            "ours_images_per_s": [round(v, 1) for v in rates["ours"]],
+            "plain_images_per_s": [round(v, 1) for v in rates["plain"]],
+            "ratios": [round(v, 3) for v in ratios],
+            "ratio": round(statistics.median(ratios), 3), "goal": 1.0,
+            # the same step: first- and last-step loss of round 1 on both sides
+            "ours_losses": losses["ours"], "plain_losses": losses["plain"]}

@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, help="override train.batch_size")
     bench.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config value (repeatable)")
-    bench.add_argument("--steps", type=int, default=30, help="timed steps per loop and round")
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--rounds", type=int, default=2,
-                       help="alternations of the two loops; each side keeps its best")
+    bench.add_argument("--steps", type=int, default=200,
+                       help="timed steps per side and round (default: 200)")
+    bench.add_argument("--warmup", type=int, default=10,
+                       help="untimed steps before them (default: 10)")
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="rounds, alternating which side goes first; the ratio is the median "
+                            "of the per-round ratios (default: 5)")
     bench.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     return parser
@@ -82,7 +85,7 @@ def reproduce(args) -> int:
     # Tiny models run fastest on one thread; several threads only add contention.
     threads = args.threads or (1 if cfg.data.name == "digits" else None)
     runtime = setup(args.accelerator, cfg.train.precision, threads=threads)
-    # Under DDP, Lightning re-runs this command once per extra rank (LOCAL_RANK set): those
+    # Under DDP, Lightning Fabric re-runs this command once per extra rank (LOCAL_RANK set): those
     # processes join the training of each arm and write nothing; rank 0 owns the run folder,
     # whose path they get through the environment (a default run name is a timestamp).
     rank = int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))

@@ -51,7 +51,7 @@ class TrainConfig:
     temperature: float = 0.5          # the paper's τ
     augment_strength: float = 1.0     # training augmentation strength (digits: TensorAugment)
     log_every: int = 10               # loss curve resolution
-    checkpoint_every: int = 0         # steps between Lightning checkpoints (0 = none)
+    checkpoint_every: int = 0         # steps between checkpoints (0 = none)
     workers: int = 0                  # arms trained in parallel processes on CPU (0: one per
                                       # core, 1 thread each); always 1 with --devices > 1
     precision: str = "auto"

@@ -179,7 +179,7 @@ class InMemoryData:
 
     def train_loader(self, batch_size: int, seed: int, num_workers: int = 0,
                      start_step: int = 0):
-        # endless shuffled (images, indices) batches: the trainer stops at max_steps
+        # endless shuffled (images, indices) batches: the loop stops at train.steps
         return torch.utils.data.DataLoader(
             ShardedBatches(self.train.images, batch_size, seed, start_step), batch_size=None)
 
@@ -306,7 +306,7 @@ class NaturalImageData:
 
     def train_loader(self, batch_size: int, seed: int, num_workers: int = 0,
                      start_step: int = 0):
-        # per-image transforms: Lightning's DistributedSampler shards these across ranks
+        # per-image transforms: Fabric's DistributedSampler shards these across ranks
         # (then train.batch_size is per device); a resumed arm restarts its epoch order.
         from reprokit.data.augment import natural_image_views
         from reprokit.data.images import MultiViewDataset

@@ -23,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,9 +32,9 @@ from balcon.config import BalconConfig
 from balcon.data import build_data
 from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
-from balcon.module import SimCLRModule
+from balcon.module import SimCLRModule, fit
 from reprokit.evaluation import effective_rank, knn_accuracy, linear_probe_accuracy, normalized_std
-from reprokit.progress import quiet_lightning, track, trainer_progress_kwargs
+from reprokit.progress import quiet_lightning, track
 from reprokit.runs import RunDir
 from reprokit.runtime import Runtime, available_cpus, seed_everything
 
@@ -115,17 +114,12 @@ def _backbone_kwargs(cfg: BalconConfig, data) -> dict:
     return kwargs
 
 
-def _resume_step(ckpt_path: str | None) -> int:
-    if ckpt_path is None:
-        return 0
-    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"])
-
-
 def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int = 1,
-              checkpoint_dir=None, record_batches: bool = False) -> tuple[SimCLRModule, float]:
+              checkpoint_dir=None, record_batches: bool = False,
+              progress: bool = True) -> tuple[SimCLRModule, float]:
     """Train one SimCLR encoder; returns the module and the training wall time.
     `record_batches` keeps the dataset indices of every step's batch on the module (DDP
-    tests: which rank drew what)."""
+    tests: which rank drew what); `progress`: a step bar on a terminal."""
     seed_everything(arm.seed)
     kwargs = _backbone_kwargs(cfg, data)
     net = SimCLRNet(cfg.model.backbone, kwargs, cfg.model.proj_hidden, cfg.model.proj_dim)
@@ -133,38 +127,20 @@ def train_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, devices: int 
                                    arm.include_positive)
     if cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    module = SimCLRModule(net, loss, cfg.train, data.augment(arm.strength),
-                          bn_views=cfg.model.bn_views, channels_last=cfg.model.channels_last,
-                          seed=arm.seed)
+    module = SimCLRModule(net, loss, data.augment(arm.strength), bn_views=cfg.model.bn_views,
+                          channels_last=cfg.model.channels_last, seed=arm.seed)
     module.record_batches = record_batches
     quiet_lightning()
-    progress = trainer_progress_kwargs()
-    callbacks = list(progress.pop("callbacks"))
-    ckpt_path = None
-    if cfg.train.checkpoint_every > 0 and checkpoint_dir is not None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
+    checkpoint = checkpoint_dir / "last.ckpt" if checkpoint_dir is not None else None
 
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=cfg.train.checkpoint_every))
-        if (checkpoint_dir / "last.ckpt").is_file():
-            ckpt_path = str(checkpoint_dir / "last.ckpt")
-    trainer = L.Trainer(
-        accelerator=runtime.accelerator, devices=devices, precision=runtime.precision,
-        max_steps=cfg.train.steps, logger=False, callbacks=callbacks,
-        enable_checkpointing=bool(cfg.train.checkpoint_every > 0 and checkpoint_dir),
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        strategy="ddp" if devices > 1 else "auto",
-        # SyncBatchNorm needs a GPU; on CPU (gloo) each rank normalises its own shard
-        sync_batchnorm=devices > 1 and runtime.accelerator == "cuda", **progress)
-    loader = data.train_loader(cfg.train.batch_size, arm.seed, cfg.data.num_workers,
-                               start_step=_resume_step(ckpt_path))
+    def make_loader(start_step: int):
+        return data.train_loader(cfg.train.batch_size, arm.seed, cfg.data.num_workers,
+                                 start_step=start_step)
+
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-    if trainer.interrupted or trainer.global_step < cfg.train.steps:
-        # Lightning stops gracefully on SIGTERM/Ctrl-C; a short arm must not pass as finished.
-        raise SystemExit(f"arm {arm.key} interrupted at step {trainer.global_step}; "
-                         "rerun with --resume to continue")
-    module.rank_zero = trainer.is_global_zero
+    fabric = fit(module, cfg.train, make_loader, runtime, devices, checkpoint=checkpoint,
+                 name=f"arm {arm.key}", progress=progress)
+    module.rank_zero = fabric.is_global_zero
     return module, time.perf_counter() - start
 
 
@@ -208,11 +184,13 @@ def run_arm(cfg: BalconConfig, arm: Arm, data, runtime: Runtime, run: RunDir,
     main process or in a worker process (then `data` is None and built here)."""
     if threads:
         torch.set_num_threads(threads)
-    if data is None:  # a worker process builds its own copy (cheap, deterministic)
+    in_worker = data is None  # parallel workers show no step bar: the parent shows the arms'
+    if in_worker:  # a worker process builds its own copy (cheap, deterministic)
         data = build_data(cfg.data, long_tailed=arm.data == "long_tailed")
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     ckpt_dir = run.checkpoints / arm.key
-    module, train_wall = train_arm(cfg, arm, data, runtime, devices, ckpt_dir)
+    module, train_wall = train_arm(cfg, arm, data, runtime, devices, ckpt_dir,
+                                   progress=not in_worker)
     result_file = run.path / "results" / f"{arm.key}.json"
     if not getattr(module, "rank_zero", True):
         while not result_file.exists():  # rank 0 evaluates; its file is the arm's result

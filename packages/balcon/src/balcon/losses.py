@@ -30,6 +30,12 @@ def similarity_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float
     return logits, positive
 
 
+def _attraction(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """s(z_i, z_i⁺)/τ per anchor. A gather, not logits[rows, positive]: its backward writes
+    one entry per row instead of materialising a second 2N×2N gradient buffer."""
+    return logits.gather(1, positive[:, None]).squeeze(1)
+
+
 class NTXentLoss(nn.Module):
     """NT-Xent (Chen et al., 2020), SimCLR's InfoNCE, in its cross-entropy form:
 
@@ -78,9 +84,6 @@ class BalancedContrastiveLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         logits, positive = similarity_logits(z1, z2, self.temperature)
-        # gather, not logits[rows, positive]: its backward writes one entry per row instead
-        # of materialising a second 2N×2N gradient buffer.
-        attract = logits.gather(1, positive[:, None]).squeeze(1)
         masked = logits.masked_fill(self._excluded(positive), float("-inf"))
         if self.include_positive:
             # λ·lse − α·pos = λ·(lse − pos) + (λ − α)·pos, and lse − pos is exactly PyTorch's
@@ -88,8 +91,9 @@ class BalancedContrastiveLoss(nn.Module):
             ce = F.cross_entropy(masked, positive)
             if self.lam == self.alpha:  # InfoNCE and its multiples: no extra attraction term
                 return self.lam * ce
-            return self.lam * ce + (self.lam - self.alpha) * attract.mean()
-        return (self.lam * torch.logsumexp(masked, dim=1) - self.alpha * attract).mean()
+            return self.lam * ce + (self.lam - self.alpha) * _attraction(logits, positive).mean()
+        return (self.lam * torch.logsumexp(masked, dim=1)
+                - self.alpha * _attraction(logits, positive)).mean()
 
     def _excluded(self, positive: torch.Tensor) -> torch.Tensor:
         """The 2N×2N mask of k ∉ N(i): the anchor itself, and the positive if decoupled

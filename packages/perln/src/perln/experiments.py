@@ -27,7 +27,7 @@ from perln.module import PeriodicCheckpoint, PerlnModule
 from perln.probes import count_spikes
 from reprokit.data.text import TokenStream
 from reprokit.errors import ConfigError
-from reprokit.progress import progress_enabled, track, trainer_progress_kwargs
+from reprokit.progress import progress_enabled, track
 from reprokit.progress import quiet_lightning as reprokit_quiet_lightning
 from reprokit.runs import RunDir
 from reprokit.runtime import available_cpus, select_accelerator, setup
@@ -97,8 +97,10 @@ def make_trainer(cfg: PerlnConfig, accelerator: str, precision: str, devices, ca
                  progress: bool):
     import lightning as L
 
-    kwargs = trainer_progress_kwargs() if progress else {"enable_progress_bar": False,
-                                                          "callbacks": []}
+    bar = progress and progress_enabled()   # a rich bar on terminals, none in CI or logs
+    if bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+    kwargs = {"enable_progress_bar": bar, "callbacks": [RichProgressBar(leave=False)] if bar else []}
     return L.Trainer(
         accelerator=accelerator, devices=devices, strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes, precision=precision, max_steps=cfg.train.steps,
