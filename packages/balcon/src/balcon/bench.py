@@ -10,7 +10,8 @@ with a timing hook; "plain" is that step written out by hand, NT-Xent as cross-e
 Starting from the same weights, both compute the same losses (reported, and tested).
 
 The two sides alternate in one process and one thread, each round with a fresh network and
-the other side first; the ratio is the median of the per-round ratios.
+the other side first; each side's rate is taken at its median step time, and the ratio is
+the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule, fit
 from reprokit.data.augment import TensorAugment
 from reprokit.errors import ConfigError
-from reprokit.optim import LARS, split_decay_params, warmup_cosine
+from reprokit.optim import LARS, split_decay_params, warmup_cosine_scheduler
 from reprokit.runtime import setup
 
 
@@ -58,6 +59,13 @@ def _backbone_kwargs(cfg, in_shape: tuple[int, int, int]) -> dict:
     return kwargs
 
 
+def _median_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
+    """Images/s at the median time of the steps after `warmup` (step i ends at stamps[i]):
+    robust to the other processes of a shared machine preempting a few steps, on both sides."""
+    t = stamps[warmup - 1:] if warmup else stamps
+    return batch_size / statistics.median(b - a for a, b in zip(t, t[1:]))
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -82,18 +90,14 @@ def plain_step_loop(net, make_loader, augment, train, total, warmup, device, bn_
         opt = LARS(groups, lr=base_lr, momentum=train.momentum)
     else:
         opt = torch.optim.SGD(groups, lr=base_lr, momentum=train.momentum)
+    sched = warmup_cosine_scheduler(opt, total, train.warmup_steps)  # the same per-step lr
     batches = iter(make_loader(0))
     n2 = 2 * train.batch_size
     targets = torch.arange(n2, device=device).roll(train.batch_size)
     eye = torch.eye(n2, dtype=torch.bool, device=device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    losses = []
+    losses, stamps = [], []
     for step in range(total):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = base_lr * warmup_cosine(step, total, train.warmup_steps)
         x, _ = next(batches)
         x = x.to(device)
         # both views in one call, from the stream SimCLRModule draws at this step (seed 0)
@@ -112,27 +116,23 @@ def plain_step_loop(net, make_loader, augment, train, total, warmup, device, bn_
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if step in (0, total - 1):
             losses.append(loss.detach())
-    _sync(device)
-    rate = (total - warmup) * train.batch_size / (time.perf_counter() - start)
-    return rate, [v.item() for v in losses]
+        _sync(device)
+        stamps.append(time.perf_counter())
+    return _median_rate(stamps, warmup, train.batch_size), [v.item() for v in losses]
 
 
 class _Timer:
-    """`fit`'s on_step hook: the clock runs from the end of step `warmup` to the last."""
+    """`fit`'s on_step hook: a timestamp at the end of every step."""
 
-    def __init__(self, warmup: int, total: int, device):
-        self.warmup, self.total, self.device = warmup, total, device
-        self.start = self.end = None
+    def __init__(self, device):
+        self.device, self.stamps = device, []
 
     def __call__(self, done: int) -> None:
-        if done in (self.warmup, self.total):
-            _sync(self.device)
-            if done == self.warmup:
-                self.start = time.perf_counter()
-            else:
-                self.end = time.perf_counter()
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
 
 
 def ours_loop(cfg, net, make_loader, augment, train, total, warmup, runtime):
@@ -140,10 +140,10 @@ def ours_loop(cfg, net, make_loader, augment, train, total, warmup, runtime):
     module = SimCLRModule(net, BalancedContrastiveLoss(1.0, 1.0, train.temperature, True),
                           augment, bn_views=cfg.model.bn_views,
                           channels_last=cfg.model.channels_last)
-    timer = _Timer(warmup, total, runtime.device)
+    timer = _Timer(runtime.device)
     fit(module, train, make_loader, runtime, 1, name="bench", on_step=timer, progress=False)
-    rate = (total - warmup) * train.batch_size / (timer.end - timer.start)
-    return rate, [v for _, v in module.loss_curve]
+    return (_median_rate(timer.stamps, warmup, train.batch_size),
+            [v for _, v in module.loss_curve])
 
 
 def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | None = None,
@@ -188,6 +188,8 @@ def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | Non
     rates: dict[str, list[float]] = {"ours": [], "plain": []}
     losses: dict[str, list[float]] = {}
     first = []
+    for side in ("plain", "ours"):  # an untimed round: the process's first allocations
+        sides[side]()                # (page faults of the first side of round 1) excluded
     for r in range(rounds):
         # alternate who goes first: a machine that slows down or warms up over a round
         # penalises neither side systematically

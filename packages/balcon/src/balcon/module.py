@@ -14,8 +14,9 @@ batch, as in SimCLR.
 The loop (`fit`) is a plain PyTorch loop on Lightning Fabric: Fabric places the model and
 batches, launches DDP and writes collective checkpoints, for tens of µs of wrapper calls per
 step (see `reprokit.fabric`); ``lightning.Trainer``'s hooks, closures and result collection
-cost ≈ 0.4 ms, 10 % of a step of the cpu scale's MLP. The whole forward of a step (views → embeddings → gather → loss)
-is one call of the wrapped module, so DDP sees one forward per backward.
+cost ≈ 0.4 ms, 10 % of a step of the cpu scale's MLP. The whole forward of a step (views →
+embeddings → gather → loss) is one call — of the DDP-wrapped module under DDP, so DDP sees one
+forward per backward; of the module itself on one device (`reprokit.fabric.step_forward`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from balcon.config import TrainConfig
 from balcon.model import SimCLRNet
 from reprokit.data.augment import TensorAugment
 from reprokit.errors import ConfigError, DatasetError
-from reprokit.fabric import make_fabric, save_atomic
+from reprokit.fabric import make_fabric, save_atomic, step_forward
 from reprokit.optim import LARS, split_decay_params, warmup_cosine_scheduler
 from reprokit.progress import track
 
@@ -150,6 +151,7 @@ def fit(module: SimCLRModule, cfg: TrainConfig, make_loader, runtime, devices: i
         module.net = nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
     optimizer, scheduler = build_optimizer(module.net, cfg)
     model, optimizer = fabric.setup(module, optimizer)
+    forward = step_forward(fabric, model)  # the module itself on one device
     every = cfg.checkpoint_every if checkpoint is not None else 0
     start = 0
     if every and Path(checkpoint).is_file():
@@ -163,7 +165,9 @@ def fit(module: SimCLRModule, cfg: TrainConfig, make_loader, runtime, devices: i
         module.gather = lambda z: fabric.all_gather(z, sync_grads=True).flatten(0, 1)
     # In-memory data shards its global batches itself (an IterableDataset: Fabric leaves it
     # alone); a map-style loader gets a DistributedSampler under DDP.
-    loader = fabric.setup_dataloaders(make_loader(start))
+    # (on a CPU there is nothing to move: the wrapper's per-batch copy would be pure cost)
+    loader = fabric.setup_dataloaders(make_loader(start),
+                                      move_to_device=fabric.device.type != "cpu")
     step, saved = start, (start if start else None)
     try:
         with _sigterm_as_interrupt():
@@ -171,7 +175,7 @@ def fit(module: SimCLRModule, cfg: TrainConfig, make_loader, runtime, devices: i
             if progress and fabric.is_global_zero:
                 batches = track(batches, name, total=cfg.steps - start)
             for step, batch in zip(range(start, cfg.steps), batches):
-                loss = model(batch, step)
+                loss = forward(batch, step)
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 optimizer.step()

@@ -4,10 +4,11 @@
 → the online network (and BYOL's EMA target) once per view, as the reference code calls its
 encoder, so BatchNorm sees one view's batch (``model.bn_views: concat``: one pass over all
 views) → the loss. `SSLTraining` runs it on Lightning Fabric (devices, precision, DDP) in a
-plain loop: a step is one call of the wrapped module, ``fabric.backward``, the optimiser and
-LR-schedule steps, then BYOL's target update. A non-finite loss skips the step, is recorded
-and ends the run (data, not a crash). Monitors (kNN, collapse) run every ``eval.every``
-epochs; ``last.ckpt`` is written every ``train.checkpoint_every`` epochs and resumed from.
+plain loop: a step is one forward call of the module (`reprokit.fabric.step_forward`),
+``fabric.backward``, the optimiser and LR-schedule steps, then BYOL's target update. A
+non-finite loss skips the step, is recorded and ends the run (data, not a crash). Monitors
+(kNN, collapse) run every ``eval.every`` epochs; ``last.ckpt`` is written every
+``train.checkpoint_every`` epochs and resumed from.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gsg.config import GSGConfig
 from gsg.losses import GuidedStopGradientLoss, SymmetricCosineLoss, random_partners
 from gsg.model import EMATarget, SiameseNet, ema_momentum
 from reprokit.data.augment import TensorAugment
-from reprokit.fabric import save_atomic
+from reprokit.fabric import save_atomic, step_forward
 from reprokit.optim import LARS, split_decay_params, warmup_cosine
 
 
@@ -140,6 +141,7 @@ class SSLTraining:
         optimizer, self.scheduler = module.configure_optimizers(self.total_steps, epochs,
                                                                 fabric.world_size)
         self.model, self.optimizer = fabric.setup(module, optimizer)
+        self.forward = step_forward(fabric, self.model)
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.step = self.epoch = 0
         self.history: list[dict] = []     # one record per monitored epoch
@@ -148,7 +150,7 @@ class SSLTraining:
 
     def train_step(self, batch) -> bool:
         """One optimiser step; False (and no update) when the loss is not finite."""
-        loss = self.model(batch)
+        loss = self.forward(batch)
         if not torch.isfinite(loss):
             self.nonfinite_step = self.step
             return False
