@@ -77,3 +77,58 @@ def test_paper_config_parses_and_builds_the_same_module():
     x = module.make_views(torch.rand(4, 3, 32, 32))
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.isfinite(module.compute_loss(x))
+
+
+def test_fit_is_the_hand_written_loop():
+    """SSLTraining.fit = per epoch: the seeded batch order, views, loss, backward, SGD and
+    schedule steps, BYOL's EMA update after each step — the same weights and epoch losses as
+    that loop written out here (same global random stream for views and GSG partners)."""
+    from torch.utils.data import DataLoader
+
+    from gsg.module import SSLTraining
+    from reprokit.data.images import TensorBatches
+    from reprokit.fabric import make_fabric
+    from reprokit.runtime import setup
+
+    cfg = small_cfg("train.warmup_epochs=1")
+    images = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    augment = lambda x: x + 0.1 * torch.randn_like(x)  # noqa: E731 (global generator)
+    loader = DataLoader(TensorBatches(images, 32, 0), batch_size=None)
+    fabric = make_fabric(setup("cpu", "32-true", threads=1))
+    torch.manual_seed(1)
+    module = SSLModule(cfg, "byol_gsg", True, (1, 8, 8), augment)
+    monitored = []
+
+    def monitor(net, device, seed):   # records the epoch and which network it was shown
+        monitored.append(net is module.net)
+        return {}
+
+    training = SSLTraining(fabric, module, 2, len(loader), monitor)
+    torch.manual_seed(1)
+    ref = SSLModule(cfg, "byol_gsg", True, (1, 8, 8), augment)
+    opt, sched = ref.configure_optimizers(2 * len(loader), 2)
+
+    torch.manual_seed(2)
+    training.fit(loader)
+    torch.manual_seed(2)
+    step, losses = 0, []
+    for epoch in range(2):
+        loader.dataset.set_epoch(epoch)
+        epoch_losses = []
+        for batch in loader:
+            loss = ref(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            ref.update_target(step, 2 * len(loader))
+            epoch_losses.append(loss.item())
+        losses.append(sum(epoch_losses) / len(epoch_losses))
+    assert training.step == step == 6 and training.epoch == 2
+    for p, q in zip(module.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    assert training.scheduler.get_last_lr() == sched.get_last_lr()
+    # an epoch record: its mean loss, after the monitor saw the online network (epochs 1, 2)
+    assert [h["epoch"] for h in training.history] == [1, 2] and monitored == [True, True]
+    assert [h["loss"] for h in training.history] == pytest.approx(losses, rel=1e-6)
