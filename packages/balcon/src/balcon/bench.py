@@ -9,9 +9,10 @@ every arm with (Lightning Fabric, `SimCLRModule`, the fused balanced loss at α 
 with a timing hook; "plain" is that step written out by hand, NT-Xent as cross-entropy.
 Starting from the same weights, both compute the same losses (reported, and tested).
 
-The two sides alternate in one process and one thread, each round with a fresh network and
-the other side first; each side's rate is taken at its median step time, and the ratio is
-the median of the per-round ratios.
+The two sides alternate in one process and one thread (`reprokit.bench`: an untimed round,
+then rounds that reverse the order every other round), each with a fresh network; each
+side's rate is taken at its median step time, and the ratio is the median of the per-round
+ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from balcon.data import ShardedBatches
 from balcon.losses import BalancedContrastiveLoss
 from balcon.model import SimCLRNet
 from balcon.module import SimCLRModule, fit
+from reprokit.bench import alternating_rounds, median_rate
 from reprokit.data.augment import TensorAugment
 from reprokit.errors import ConfigError
 from reprokit.optim import LARS, split_decay_params, warmup_cosine_scheduler
@@ -57,13 +59,6 @@ def _backbone_kwargs(cfg, in_shape: tuple[int, int, int]) -> dict:
     else:
         kwargs.setdefault("in_channels", in_shape[0])
     return kwargs
-
-
-def _median_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
-    """Images/s at the median time of the steps after `warmup` (step i ends at stamps[i]):
-    robust to the other processes of a shared machine preempting a few steps, on both sides."""
-    t = stamps[warmup - 1:] if warmup else stamps
-    return batch_size / statistics.median(b - a for a, b in zip(t, t[1:]))
 
 
 def _sync(device) -> None:
@@ -121,7 +116,7 @@ def plain_step_loop(net, make_loader, augment, train, total, warmup, device, bn_
             losses.append(loss.detach())
         _sync(device)
         stamps.append(time.perf_counter())
-    return _median_rate(stamps, warmup, train.batch_size), [v.item() for v in losses]
+    return median_rate(stamps, train.batch_size, warmup), [v.item() for v in losses]
 
 
 class _Timer:
@@ -142,7 +137,7 @@ def ours_loop(cfg, net, make_loader, augment, train, total, warmup, runtime):
                           channels_last=cfg.model.channels_last)
     timer = _Timer(runtime.device)
     fit(module, train, make_loader, runtime, 1, name="bench", on_step=timer, progress=False)
-    return (_median_rate(timer.stamps, warmup, train.batch_size),
+    return (median_rate(timer.stamps, train.batch_size, warmup),
             [v for _, v in module.loss_curve])
 
 
@@ -185,20 +180,15 @@ def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | Non
                                          cfg.model.channels_last),
         "ours": lambda: ours_loop(cfg, fresh_net(), make_loader, augment, train, total,
                                   warmup, runtime)}
-    rates: dict[str, list[float]] = {"ours": [], "plain": []}
     losses: dict[str, list[float]] = {}
-    first = []
-    for side in ("plain", "ours"):  # an untimed round: the process's first allocations
-        sides[side]()                # (page faults of the first side of round 1) excluded
-    for r in range(rounds):
-        # alternate who goes first: a machine that slows down or warms up over a round
-        # penalises neither side systematically
-        order = ("plain", "ours") if r % 2 == 0 else ("ours", "plain")
-        first.append(order[0])
-        for side in order:
-            rate, side_losses = sides[side]()
-            rates[side].append(rate)
-            losses.setdefault(side, side_losses)
+
+    def rate_of(side: str) -> float:
+        rate, side_losses = sides[side]()
+        losses.setdefault(side, side_losses)  # deterministic: every call computes the same
+        return rate
+
+    rates, first = alternating_rounds({side: lambda side=side: rate_of(side)
+                                       for side in ("plain", "ours")}, rounds)
     ratios = [o / p for o, p in zip(rates["ours"], rates["plain"])]
     return {"scale": scale, "data": cfg.data.name, "input": list(in_shape),
             "backbone": cfg.model.backbone, "backbone_kwargs": kwargs,
@@ -210,5 +200,5 @@ def bench(scale: str = "cpu", backbone: str | None = None, batch_size: int | Non
             "plain_images_per_s": [round(v, 1) for v in rates["plain"]],
             "ratios": [round(v, 3) for v in ratios],
             "ratio": round(statistics.median(ratios), 3), "goal": 1.0,
-            # the same step: first- and last-step loss of round 1 on both sides
+            # the same step: first- and last-step loss of each side's first run
             "ours_losses": losses["ours"], "plain_losses": losses["plain"]}

@@ -1,14 +1,15 @@
 """Throughput of gsg's training loop against a plain-PyTorch loop of the same SimSiam step.
 
 "ours" is `SSLTraining.fit` on Fabric, as ``reproduce`` runs an arm (its epochs, data loader,
-wrapped module, ``fabric.backward``, optimiser and LR-schedule steps, loss record). "plain" is
-the same step written out by hand: the same network, batches (the same `TensorBatches`
-stream), batched augmentation, one forward per view, symmetric negative-cosine loss,
-finiteness check, SGD with the same two parameter groups and per-step warm-up + cosine
-schedule; bf16 autocast on CUDA and channels_last for ResNets on both sides. Rounds
-alternate which side runs first, one thread, steps timed after a warm-up (start-up
-excluded), each side's rate taken at its median step time. Images come from memory (the digits, or random 32-px images for CIFAR configs):
-this measures the step, not the data loader.
+one forward call per step, ``fabric.backward``, optimiser and LR-schedule steps, loss
+record). "plain" is the same step written out by hand: the same network, batches (the same
+`TensorBatches` stream), batched augmentation, one forward per view, symmetric
+negative-cosine loss, finiteness check, SGD with the same two parameter groups and per-step
+warm-up + cosine schedule; bf16 autocast on CUDA and channels_last for ResNets on both sides.
+One thread, steps timed after a warm-up, in `reprokit.bench`'s alternating rounds (each side
+at its median step time; the ratio is the median over rounds). Images come from memory (the
+digits, or random 32-px images for CIFAR configs): this measures the step, not the data
+loader.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gsg.config import GSGConfig
 from gsg.data import digits_data, digits_views
 from gsg.model import SiameseNet
 from gsg.module import SSLModule, SSLTraining
+from reprokit.bench import alternating_rounds, median_rate
 from reprokit.data.augment import TensorAugment
 from reprokit.data.images import TensorBatches
 from reprokit.fabric import make_fabric
@@ -44,24 +46,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _rate(times: list[float], warmup: int, batch: int) -> float:
-    """Images/s at the median step time: robust to the other processes of a shared machine
-    preempting a few steps (both sides are measured alike)."""
-    t = times[warmup:]
-    return batch / statistics.median(b - a for a, b in zip(t, t[1:]))
-
-
 class _TimedTraining(SSLTraining):
-    """`SSLTraining` with a timestamp after every step (nothing else changes)."""
+    """`SSLTraining` with a timestamp and the loss kept after every step (nothing else
+    changes: the loss is the tensor the loop records anyway)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.times: list[float] = []
+        self.losses: list[torch.Tensor] = []
 
     def train_step(self, batch) -> bool:
         ok = super().train_step(batch)
         _sync(self.fabric.device)
         self.times.append(time.perf_counter())
+        self.losses.append(self._losses[-1])
         return ok
 
 
@@ -69,7 +67,9 @@ def _epochs_for(steps: int, loader) -> int:
     return -(-steps // len(loader))
 
 
-def ours(cfg: GSGConfig, method: str, images, augment, runtime: Runtime, steps: int) -> list[float]:
+def ours(cfg: GSGConfig, method: str, images, augment, runtime: Runtime,
+         steps: int) -> tuple[list[float], list[float]]:
+    """(end time of each step, [first loss, last loss]) of `steps` steps of the loop."""
     torch.manual_seed(0)
     fabric = make_fabric(runtime)
     loader = DataLoader(TensorBatches(images, cfg.train.batch_size, 0), batch_size=None)
@@ -77,11 +77,12 @@ def ours(cfg: GSGConfig, method: str, images, augment, runtime: Runtime, steps: 
     epochs = _epochs_for(steps, loader)
     training = _TimedTraining(fabric, module, epochs, len(loader))
     training.fit(loader)
-    return training.times[:steps]
+    return training.times[:steps], [training.losses[0].item(), training.losses[steps - 1].item()]
 
 
-def plain(cfg: GSGConfig, images, augment, runtime: Runtime, steps: int) -> list[float]:
-    """SimSiam's step by hand (see the module docstring)."""
+def plain(cfg: GSGConfig, images, augment, runtime: Runtime,
+          steps: int) -> tuple[list[float], list[float]]:
+    """SimSiam's step by hand (see the module docstring); returns what `ours` does."""
     torch.manual_seed(0)
     device, t, batch = runtime.device, cfg.train, cfg.train.batch_size
     net = SiameseNet(cfg.model, "simsiam", True, tuple(images.shape[1:])).to(device)
@@ -125,7 +126,7 @@ def plain(cfg: GSGConfig, images, augment, runtime: Runtime, steps: int) -> list
             losses.append(loss.detach())
             _sync(device)
             times.append(time.perf_counter())
-    return times[:steps]
+    return times[:steps], [losses[0].item(), losses[steps - 1].item()]
 
 
 def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 200, rounds: int = 5,
@@ -136,23 +137,28 @@ def run_bench(cfg: GSGConfig, method: str = "simsiam", steps: int = 200, rounds:
     warmup = max(2, steps // 5)
     images, augment = _images(cfg, max((steps + warmup) * batch // 4, 2 * batch))
     images = images.to(runtime.device)
-    ours_rates, plain_rates = [], []
-    sides = [("ours", lambda: ours(cfg, method, images, augment, runtime, steps + warmup)),
-             ("plain", lambda: plain(cfg, images, augment, runtime, steps + warmup))]
-    for _, run in sides:   # an untimed round: the process's first allocations excluded
-        run()
-    for r in range(rounds):
-        for name, run in (sides if r % 2 == 0 else sides[::-1]):
-            rate = _rate(run(), warmup, batch)
-            (ours_rates if name == "ours" else plain_rates).append(rate)
+    runs = {"ours": lambda: ours(cfg, method, images, augment, runtime, steps + warmup),
+            "plain": lambda: plain(cfg, images, augment, runtime, steps + warmup)}
+    losses: dict[str, list[float]] = {}
+
+    def rate_of(side: str) -> float:
+        times, side_losses = runs[side]()
+        losses.setdefault(side, side_losses)   # deterministic: every call computes the same
+        return median_rate(times, batch, warmup)
+
+    rates, first = alternating_rounds({side: lambda side=side: rate_of(side) for side in runs},
+                                      rounds)
+    ours_rates, plain_rates = rates["ours"], rates["plain"]
     ratios = [o / p for o, p in zip(ours_rates, plain_rates)]
     return {"method": method, "backbone": cfg.model.backbone, "batch_size": batch,
             "device": runtime.device_name, "precision": runtime.precision,
-            "threads": runtime.threads, "steps": steps, "rounds": rounds,
+            "threads": runtime.threads, "steps": steps, "rounds": rounds, "first": first,
             "images_per_second": [round(x, 1) for x in ours_rates],
             "plain_pytorch_simsiam_images_per_second": [round(x, 1) for x in plain_rates],
             "ratios": [round(x, 3) for x in ratios],
             "ratio": round(statistics.median(ratios), 3),
+            # the same step (for simsiam): first and last loss of each side's first run
+            "ours_losses": losses["ours"], "plain_losses": losses["plain"],
             "note": "ratio: median over rounds. GSG makes 4 views per image (2 for the "
                     "baselines): expect ~0.5 for *_gsg"}
 
